@@ -1,0 +1,88 @@
+"""Atomic file output: a reader never sees a half-written file.
+
+Every writer goes through :func:`atomic_path`: the data is written to a
+temporary file in the destination directory, flushed and fsync'ed, then
+renamed over the destination (``os.replace`` is atomic on POSIX). A crash at
+any point leaves either the previous file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success rename it onto ``dest``.
+
+    ``suffix`` defaults to ``dest``'s own suffix so that libraries that pick a
+    format from the file name (OpenCV, rasterio) keep working.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    suffix = dest.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        _fsync_file(tmp_path)
+        os.replace(tmp_path, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(dest, text.encode("utf-8"))
+
+
+def atomic_write_json(dest: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    atomic_write_text(dest, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, dest: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file and a rename."""
+    import torch
+
+    with atomic_path(dest) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_imwrite(dest: str | os.PathLike, image: np.ndarray, params: list[int] | None = None) -> None:
+    """Encode ``image`` (OpenCV channel order: BGR) by ``dest``'s extension and write atomically."""
+    import cv2
+
+    ext = Path(dest).suffix or ".png"
+    ok, buf = cv2.imencode(ext, image, params or [])
+    if not ok:
+        raise OSError(f"OpenCV could not encode an image as {ext!r} for {dest}")
+    atomic_write_bytes(dest, buf.tobytes())
