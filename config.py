@@ -1,0 +1,347 @@
+"""The command line, parsed into typed, validated, nested dataclasses.
+
+The reference's flags (``--arch``, ``--n_scales 0.5,1.0,2.0``, ``--crop_size 1024,2048``,
+``--amp_opt_level O3`` ...) stay accepted because runx writes them. Each dataclass field *is*
+a flag: its name is the flag name, its type decides how the string is parsed, and comma lists
+become tuples here, at the boundary. Unknown flags and bad values raise :class:`ConfigError`
+naming the flag. Nothing here is global: :func:`parse_config` returns a new :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
+OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
+EVAL_MODES = ("val", "trn", "folder")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A flag is unknown or has a bad value; the message names the flag."""
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field that carries its command-line help."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use immutable defaults")
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _f("ocrnet.HRNet_Mscale", "architecture, by its reference name")
+    trunk: str = _f("hrnetv2", "recorded only: the trunk is fixed by --arch")
+    trunk_weights: str | None = _f(None, "ImageNet trunk weights (local file)")
+    snapshot: str | None = _f(None, "weights to start from (may contain ASSETS_PATH)")
+    assets_path: str | None = _f(None, "replaces ASSETS_PATH in paths (default: $ASSETS_PATH)")
+    syncbn: bool = _f(False, "convert BatchNorm to SyncBatchNorm (GPU backends only)")
+    mscale_lo_scale: float = _f(0.5, "low-resolution scale of the two-scale training forward")
+    align_corners: bool = _f(False, "align_corners for the model's interpolations")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("cityscapes", "cityscapes, mapillary, synthetic")
+    dataset_root: str | None = _f(None, "dataset root (default: $CITYSCAPES_ROOT etc.)")
+    cv: int = _f(0, "cross-validation split")
+    crop_size: tuple[int, ...] = _f((896, 896), "training crop: S or H,W")
+    pre_size: int | None = _f(None, "resize long edge to this before augmentation / eval")
+    scale_min: float = _f(0.5, "random scale lower bound")
+    scale_max: float = _f(2.0, "random scale upper bound")
+    color_aug: float = _f(0.25, "colour jitter strength")
+    gblur: bool = _f(False, "Gaussian blur augmentation")
+    class_uniform_pct: float = _f(0.5, "fraction of each epoch drawn class-uniformly")
+    class_uniform_tile: int = _f(1024, "tile size for class-uniform centroids")
+    coarse_boost_classes: tuple[int, ...] | None = _f(None, "classes boosted with coarse data")
+    custom_coarse_dropout_classes: tuple[int, ...] | None = _f(None, "coarse classes to drop")
+    custom_coarse_prob: float | None = _f(None, "probability of coarse samples")
+    mask_out_cityscapes: bool = _f(False, "mask out Cityscapes pixels in coarse data")
+    centroid_cache: str | None = _f(None, "directory of the class-uniform centroid cache")
+    bs_trn: int = _f(2, "training batch size per process")
+    bs_val: int = _f(1, "evaluation batch size per process")
+    num_workers: int = _f(4, "data loader workers per process")
+
+
+@dataclass
+class LossConfig:
+    rmi_loss: bool = _f(False, "RMI loss instead of cross-entropy")
+    img_wt_loss: bool = _f(False, "per-image class-weighted cross-entropy")
+    supervised_mscale_loss_wt: float | None = _f(None, "weight of the per-scale losses")
+    ocr_alpha: float = _f(0.4, "weight of the OCR auxiliary loss")
+    ocr_aux_loss_rmi: bool = _f(False, "RMI for the OCR auxiliary loss")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = _f("sgd", "sgd, adam, adamw, radam", choices=OPTIMIZERS)
+    lr: float = _f(0.002, "base learning rate")
+    momentum: float = _f(0.9, "SGD momentum / Adam beta1")
+    weight_decay: float = _f(1e-4, "weight decay")
+    amsgrad: bool = _f(False, "AMSGrad variant for adam/adamw")
+    lr_schedule: str = _f("poly", "only poly", choices=("poly",))
+    poly_exp: float = _f(1.0, "exponent of the per-iteration poly schedule")
+
+
+@dataclass
+class TrainConfig:
+    result_dir: str = _f("./logs/default", "run directory (runx passes LOGDIR)")
+    max_epoch: int = _f(180, "epochs")
+    max_cu_epoch: int = _f(150, "class-uniform sampling stops at this epoch")
+    max_iter: int | None = _f(None, "stop after this many optimizer steps (poly horizon)")
+    val_freq: int = _f(1, "validate every N epochs")
+    ckpt_freq: int = _f(200, "write last.pth every N optimizer steps (0: epoch ends only)")
+    resume: str | None = _f(None, "resume training from this checkpoint")
+    seed: int = _f(0, "random seed")
+    deterministic: bool = _f(False, "reproducible run; resume gives the same weights")
+    amp_opt_level: str | None = _f(None, "O0 fp32, O1/O2 autocast, O3 half (BN fp32)",
+                                   choices=AMP_LEVELS)
+    fp16: bool = _f(False, "mixed precision (native torch.amp; default level O1)")
+    apex: bool = _f(False, "accepted for the reference's YAMLs: native AMP/DDP, apex unused")
+    global_batch_size: int | None = _f(None, "global batch; gradient accumulation fills it")
+    device: str = _f("auto", "auto, cpu, cuda", choices=DEVICES)
+    local_rank: int = _f(0, "set by torch.distributed.launch; LOCAL_RANK wins")
+    log_freq: int = _f(10, "TensorBoard scalars every N steps")
+
+
+@dataclass
+class EvalConfig:
+    eval: str | None = _f(None, "val, trn or folder: evaluate only", choices=EVAL_MODES)
+    eval_folder: str | None = _f(None, "image folder for --eval folder")
+    n_scales: tuple[float, ...] | None = _f(None, "inference scales, e.g. 0.5,1.0,2.0")
+    do_flip: bool = _f(False, "average with horizontally flipped inference")
+    dump_assets: bool = _f(False, "also write attention maps per scale")
+    dump_all_images: bool = _f(False, "write pictures for every image, not a few")
+    dump_num_images: int = _f(8, "pictures written when not --dump_all_images")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,
+            "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig}
+ALIASES = {"local_rank": ("--local-rank",)}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def amp_level(self) -> str:
+        """The precision level in effect: explicit level, else O1 with --fp16/--apex, else O0."""
+        if self.train.amp_opt_level is not None:
+            return self.train.amp_opt_level
+        return "O1" if (self.train.fp16 or self.train.apex) else "O0"
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: _jsonable(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+
+    def flags(self) -> dict[str, Any]:
+        """Flat ``{flag: value}``: runx's hparams.json and sumx columns."""
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, dict[str, Any]]) -> Config:
+        """Rebuild from :meth:`to_dict` output (lists back to tuples)."""
+        argv: list[str] = []
+        for section in data.values():
+            for key, value in section.items():
+                argv += _to_argv(key, value)
+        return parse_config(argv)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _to_argv(key: str, value: Any) -> list[str]:
+    if value is None or value is False:
+        return []
+    if value is True:
+        return [f"--{key}"]
+    if isinstance(value, (list, tuple)):
+        return [f"--{key}", ",".join(str(v) for v in value)]
+    return [f"--{key}", str(value)]
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _comma_parser(flag: str, item_type: type, pairs: bool) -> typing.Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        parts = [p for p in text.replace("[", "").replace("]", "").replace(" ", "").split(",") if p]
+        try:
+            values = tuple(item_type(p) for p in parts)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {item_type.__name__} values, got {text!r}") from e
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one value, got {text!r}")
+        if pairs:  # crop_size: "S" means (S, S); "H,W" stays
+            if len(values) > 2:
+                raise argparse.ArgumentTypeError(f"expected S or H,W, got {text!r}")
+            values = values * 2 if len(values) == 1 else values
+        return values
+    parse.__name__ = f"{flag} list"
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # argparse would sys.exit(2)
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser generated from the dataclass fields (one flag per field)."""
+    parser = _Parser(prog="train.py", description="HMSA semantic segmentation: train / evaluate",
+                     allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(section)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            names = [f"--{f.name}", *ALIASES.get(f.name, ())]
+            tp, _ = _unwrap_optional(hints[f.name])
+            kwargs: dict[str, Any] = {"dest": f.name, "default": f.default,
+                                      "help": f.metadata["help"]}
+            if tp is bool:
+                kwargs["action"] = "store_true"
+            elif typing.get_origin(tp) is tuple:
+                kwargs["type"] = _comma_parser(f.name, typing.get_args(tp)[0], f.name == "crop_size")
+                kwargs["metavar"] = "A,B,..."
+            else:
+                kwargs["type"] = tp
+                if "choices" in f.metadata:
+                    kwargs["choices"] = f.metadata["choices"]
+            group.add_argument(*names, **kwargs)
+    return parser
+
+
+def _unknown_flag_error(unknown: Sequence[str], parser: argparse.ArgumentParser) -> ConfigError:
+    known = [s for a in parser._actions for s in a.option_strings]
+    msgs = []
+    for i, token in enumerate(unknown):
+        if not token.startswith("-"):
+            if i == 0 or not unknown[i - 1].startswith("-"):  # not the value of an unknown flag
+                msgs.append(f"unexpected value {token!r} (flags take one value each)")
+            continue
+        flag = token.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else "; see train.py --help"
+        msgs.append(f"unknown flag {flag}{hint}")
+    return ConfigError("; ".join(msgs))
+
+
+def parse_config(argv: Sequence[str] | None = None) -> Config:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into a validated :class:`Config`."""
+    parser = build_parser()
+    ns, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise _unknown_flag_error(unknown, parser)
+    values = vars(ns)
+    cfg = Config(**{name: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+                    for name, cls in SECTIONS.items()})
+    validate(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _check(ok: bool, flag: str, must: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"--{flag} must be {must}, got {value!r}")
+
+
+def _validate_model_data(m: ModelConfig, d: DataConfig) -> None:
+    _check(bool(m.arch.strip()), "arch", "a registered model name", m.arch)
+    _check(0 < m.mscale_lo_scale < 1, "mscale_lo_scale", "in (0, 1)", m.mscale_lo_scale)
+    _check(all(c > 0 for c in d.crop_size), "crop_size", "positive (S or H,W)", d.crop_size)
+    _check(d.pre_size is None or d.pre_size > 0, "pre_size", "positive", d.pre_size)
+    _check(d.scale_min > 0, "scale_min", "> 0", d.scale_min)
+    _check(d.scale_max >= d.scale_min, "scale_max", f">= --scale_min ({d.scale_min})", d.scale_max)
+    _check(d.color_aug >= 0, "color_aug", ">= 0", d.color_aug)
+    _check(0.0 <= d.class_uniform_pct <= 1.0, "class_uniform_pct", "in [0, 1]", d.class_uniform_pct)
+    _check(d.class_uniform_tile > 0, "class_uniform_tile", "> 0", d.class_uniform_tile)
+    _check(d.cv >= 0, "cv", ">= 0", d.cv)
+    _check(d.bs_trn >= 1, "bs_trn", ">= 1", d.bs_trn)
+    _check(d.bs_val >= 1, "bs_val", ">= 1", d.bs_val)
+    _check(d.num_workers >= 0, "num_workers", ">= 0", d.num_workers)
+    p = d.custom_coarse_prob
+    _check(p is None or 0 <= p <= 1, "custom_coarse_prob", "in [0, 1]", p)
+
+
+def _validate_loss_optim(lo: LossConfig, o: OptimConfig) -> None:
+    w = lo.supervised_mscale_loss_wt
+    _check(w is None or w >= 0, "supervised_mscale_loss_wt", ">= 0", w)
+    _check(lo.ocr_alpha >= 0, "ocr_alpha", ">= 0", lo.ocr_alpha)
+    _check(o.lr > 0, "lr", "> 0", o.lr)
+    _check(0 <= o.momentum < 1, "momentum", "in [0, 1)", o.momentum)
+    _check(o.weight_decay >= 0, "weight_decay", ">= 0", o.weight_decay)
+    _check(o.poly_exp >= 0, "poly_exp", ">= 0", o.poly_exp)
+
+
+def _validate_train_eval(t: TrainConfig, e: EvalConfig, d: DataConfig) -> None:
+    _check(t.max_epoch >= 1, "max_epoch", ">= 1", t.max_epoch)
+    _check(t.max_cu_epoch >= 0, "max_cu_epoch", ">= 0", t.max_cu_epoch)
+    _check(t.max_iter is None or t.max_iter >= 1, "max_iter", ">= 1", t.max_iter)
+    _check(t.val_freq >= 1, "val_freq", ">= 1", t.val_freq)
+    _check(t.ckpt_freq >= 0, "ckpt_freq", ">= 0", t.ckpt_freq)
+    _check(t.log_freq >= 1, "log_freq", ">= 1", t.log_freq)
+    _check(bool(t.result_dir), "result_dir", "a directory", t.result_dir)
+    g = t.global_batch_size
+    _check(g is None or (g >= d.bs_trn and g % d.bs_trn == 0), "global_batch_size",
+           f"a multiple of --bs_trn ({d.bs_trn})", g)
+    _check(e.eval != "folder" or bool(e.eval_folder), "eval_folder",
+           "set with --eval folder", e.eval_folder)
+    _check(e.n_scales is None or all(s > 0 for s in e.n_scales), "n_scales", "positive", e.n_scales)
+    _check(e.dump_num_images >= 0, "dump_num_images", ">= 0", e.dump_num_images)
+
+
+def validate(cfg: Config) -> None:
+    """Raise :class:`ConfigError` naming the first bad flag."""
+    _validate_model_data(cfg.model, cfg.data)
+    _validate_loss_optim(cfg.loss, cfg.optim)
+    _validate_train_eval(cfg.train, cfg.eval, cfg.data)
+
+
+# ----------------------------------------------------------------------------- paths, output
+
+def expand_assets(path: str | None, assets_path: str | None = None) -> str | None:
+    """Replace ``ASSETS_PATH`` in ``path`` by ``assets_path`` or ``$ASSETS_PATH``; expand ``~``."""
+    if path is None:
+        return None
+    if "ASSETS_PATH" in path and not path.startswith("$"):
+        root = assets_path or os.environ.get("ASSETS_PATH")
+        if not root:
+            raise ConfigError(f"--snapshot {path!r} uses ASSETS_PATH but neither --assets_path "
+                              "nor the ASSETS_PATH environment variable is set")
+        path = path.replace("ASSETS_PATH", root.rstrip("/"))
+    return str(Path(os.path.expandvars(path)).expanduser())
+
+
+def save_config(cfg: Config, path: str | os.PathLike, runtime: dict[str, Any] | None = None) -> None:
+    """Write the resolved config (plus runtime facts: world size, global batch ...) as JSON."""
+    from utils.io import atomic_write_json
+
+    data: dict[str, Any] = cfg.to_dict()
+    data["amp_level"] = cfg.amp_level
+    if runtime:
+        data["runtime"] = runtime
+    atomic_write_json(path, data)
