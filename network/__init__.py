@@ -1,0 +1,13 @@
+"""Models: HRNet-OCR and HRNet-OCR with hierarchical multi-scale attention.
+
+See docs/INTERFACES.md (``network/``) for the contract.
+"""
+
+from network import ocrnet as _ocrnet  # noqa: F401  (registers the architectures)
+from network.checkpoint import CheckpointError, load_checkpoint
+from network.inference import fuse_conv_bn, optimize_for_inference, predict
+from network.ocr import OCRWidths
+from network.registry import get_model, list_models, register_model
+
+__all__ = ["CheckpointError", "OCRWidths", "fuse_conv_bn", "get_model", "list_models",
+           "load_checkpoint", "optimize_for_inference", "predict", "register_model"]

@@ -1,0 +1,134 @@
+"""Loading the project's checkpoints and the reference's published ``.pth`` files."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+FORMAT = "hmsa-ckpt/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; the message says why and what to do."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` a file on the CPU, safely where possible.
+
+    Tries ``weights_only=True`` first. The reference's published files also pickle
+    non-tensor objects (e.g. its config/argparse namespace); for those it falls back to a
+    full unpickle, which runs code from the file, so only do that for files you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as safe_error:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # corrupt file: report both attempts
+            raise CheckpointError(f"cannot read checkpoint {path}: {e} (weights-only load: "
+                                  f"{safe_error})") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: not a valid torch file ({e})") from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return dict(obj)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensor state dict from a file: ``.safetensors``, or a torch file holding a state dict
+    directly or under ``model``/``state_dict``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+    return extract_state_dict(read_checkpoint(path), str(path))
+
+
+def extract_state_dict(ckpt: Mapping[str, Any], where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint dict, with any ``module.`` prefix removed."""
+    for name in ("model", "state_dict"):
+        if isinstance(ckpt.get(name), Mapping):
+            state = ckpt[name]
+            break
+    else:
+        state = ckpt
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{where} holds no tensors (keys: {sorted(ckpt)[:10]}); expected a "
+                              "project checkpoint ('model'), a reference .pth ('state_dict') or a state dict")
+    return {_strip_module(k): v for k, v in tensors.items()}
+
+
+def _strip_module(key: str) -> str:
+    return key[len("module."):] if key.startswith("module.") else key
+
+
+def load_checkpoint(model: nn.Module, path_or_dict: str | Path | Mapping[str, Any],
+                    strict: bool = True) -> dict[str, Any]:
+    """Load weights into ``model`` and return the checkpoint dict.
+
+    Accepts the project's checkpoints (``format: hmsa-ckpt/1``, weights under ``model``),
+    the reference's ``.pth`` (``{"state_dict": {"module.…": …}}``) and bare state dicts.
+    A different architecture or class count raises :class:`CheckpointError` naming the
+    mismatching keys. ``strict=False`` loads only the tensors whose name and shape fit
+    (e.g. a trunk for fine-tuning with another class count) and warns about the rest.
+    """
+    if isinstance(path_or_dict, Mapping):
+        ckpt, where = dict(path_or_dict), "checkpoint dict"
+    else:
+        ckpt, where = read_checkpoint(path_or_dict), str(path_or_dict)
+    state = extract_state_dict(ckpt, where)
+    _check_compatible(model, state, ckpt, where, strict)
+    if strict:
+        model.load_state_dict(state, strict=True)
+    else:
+        _load_fitting(model, state)
+    return ckpt
+
+
+def _load_fitting(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
+
+
+def _check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], ckpt: Mapping[str, Any],
+                      where: str, strict: bool) -> None:
+    own = model.state_dict()
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if not (wrong or missing or unexpected):
+        return
+    if not strict:
+        warnings.warn(f"{where}: skipped {len(wrong)} tensors of another shape, {len(missing)} model "
+                      f"tensors not in the checkpoint, {len(unexpected)} unexpected "
+                      f"(e.g. {(wrong + missing + unexpected)[:3]})", stacklevel=3)
+        return
+    arch = getattr(model, "arch", type(model).__name__)
+    ncls = getattr(model, "num_classes", "?")
+    saved = f"arch={ckpt.get('arch', '?')}, num_classes={ckpt.get('num_classes', '?')}"
+    parts = [f"{where} does not fit model {arch} with num_classes={ncls} (checkpoint: {saved})."]
+    for label, keys in (("shape mismatches", wrong), ("missing keys", missing),
+                        ("unexpected keys", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}.")
+    parts.append("Build the model with the checkpoint's architecture and class count "
+                 "(get_model(arch, num_classes)), or pass strict=False to load only the matching "
+                 "weights (e.g. a trunk for fine-tuning with another class count).")
+    raise CheckpointError(" ".join(parts))

@@ -1,0 +1,130 @@
+"""HRNetV2 trunk from timm, made to compute exactly what the reference's trunk computes.
+
+timm's ``hrnet_w48`` (``features_only=True, feature_location=''``) holds the reference's
+trunk weights key for key, but its fuse layers upsample lower-resolution branches with
+``nearest`` by a fixed factor, while the reference upsamples them bilinearly to the exact
+size of the target branch. :func:`create_trunk` builds the timm model and swaps the class
+of each ``HighResolutionModule`` for :class:`BilinearFuseModule` (same parameters, same
+state-dict keys) so that the outputs equal the reference's; the trunk's ``forward``
+returns the reference's "high level features": the four branches upsampled bilinearly
+to 1/4 resolution and concatenated (720 channels for W48).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models.hrnet import HighResolutionModule, HighResolutionNetFeatures
+
+from network.ops import resize_to
+
+TRUNKS = {"w48": "hrnet_w48", "w18": "hrnet_w18", "w18s": "hrnet_w18_small_v2"}
+
+
+class BilinearFuseModule(HighResolutionModule):
+    """timm's HighResolutionModule whose fuse step upsamples bilinearly to the exact size.
+
+    The summation order (branch 0 first) is the reference's, so float results match.
+    """
+
+    align_corners: bool = False
+
+    def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.num_branches == 1:
+            return [self.branches[0](x[0])]
+        x = [branch(t) for branch, t in zip(self.branches, x, strict=True)]
+        out = []
+        for i, fuse_outer in enumerate(self.fuse_layers):
+            y = None
+            for j, f in enumerate(fuse_outer):
+                z = f(x[j])
+                if j > i:
+                    z = resize_to(z, x[i].shape[-2:], self.align_corners)
+                y = z if y is None else y + z
+            out.append(self.fuse_act(y))
+        return out
+
+
+class HRNetV2Trunk(HighResolutionNetFeatures):
+    """timm's HRNet features model returning the 4 branches concatenated at 1/4 resolution."""
+
+    align_corners: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        branches = self.stages(x)
+        size = branches[0].shape[-2:]
+        ups = [branches[0]] + [resize_to(b, size, self.align_corners) for b in branches[1:]]
+        return torch.cat(ups, dim=1)
+
+
+def create_trunk(width: str, align_corners: bool = False, fuse_upsample: str = "bilinear") -> HRNetV2Trunk:
+    """Build the HRNetV2 trunk ``width`` (``w48``, ``w18``, ``w18s``) with random weights.
+
+    ``fuse_upsample="nearest"`` keeps timm's own fuse layers (not the reference's
+    arithmetic; used only as a benchmark baseline).
+    """
+    if width not in TRUNKS:
+        raise KeyError(f"unknown HRNet trunk {width!r}; known: {sorted(TRUNKS)}")
+    if fuse_upsample not in ("bilinear", "nearest"):
+        raise ValueError(f"fuse_upsample must be 'bilinear' or 'nearest', got {fuse_upsample!r}")
+    trunk = timm.create_model(TRUNKS[width], pretrained=False, features_only=True,
+                              feature_location="", out_indices=(1, 2, 3, 4))
+    trunk.__class__ = HRNetV2Trunk
+    trunk.align_corners = align_corners
+    if fuse_upsample == "bilinear":
+        for module in trunk.modules():
+            if isinstance(module, HighResolutionModule):
+                _to_bilinear_fuse(module, align_corners)
+    return trunk
+
+
+def _to_bilinear_fuse(module: HighResolutionModule, align_corners: bool) -> None:
+    """Drop timm's parameter-free ``nn.Upsample`` from each fuse path and swap the class."""
+    if isinstance(module.fuse_layers, nn.ModuleList):
+        for fuse_outer in module.fuse_layers:
+            for path in fuse_outer:
+                if isinstance(path, nn.Sequential) and isinstance(path[-1], nn.Upsample):
+                    path[-1] = nn.Identity()
+    module.__class__ = BilinearFuseModule
+    module.align_corners = align_corners
+
+
+def trunk_channels(trunk: HRNetV2Trunk) -> int:
+    """Channels of the concatenated high-level features (720 for W48, 270 for W18)."""
+    return int(sum(trunk.feature_info.channels()))
+
+
+def load_trunk_weights(trunk: nn.Module, path: str | Path) -> None:
+    """Load ImageNet HRNet weights from a local file (``.pth``/``.pt``/``.bin``/``.safetensors``).
+
+    Accepts timm/HF classification checkpoints (classifier and ``incre_modules`` keys are
+    ignored), reference-style trunk checkpoints (``module.``/``backbone.`` prefixes) and
+    ``{"state_dict": ...}`` wrappers. Every trunk key must be present with its shape.
+    """
+    from network.checkpoint import CheckpointError, read_state_dict
+
+    path = Path(path)
+    state = read_state_dict(path)
+    state = {_strip(k): v for k, v in state.items()}
+    own = trunk.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        raise CheckpointError(
+            f"{path} does not hold weights for this HRNet trunk: {len(missing)} missing keys "
+            f"(e.g. {missing[:5]}), {len(wrong)} shape mismatches (e.g. {wrong[:5]}). "
+            "Pass the ImageNet checkpoint of the same width (hrnet_w48 for ocrnet.HRNet_Mscale).")
+    trunk.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+def _strip(key: str) -> str:
+    for prefix in ("module.", "backbone."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key

@@ -1,0 +1,180 @@
+"""HRNet-OCR (``ocrnet.HRNet``) and HRNet-OCR with hierarchical multi-scale attention
+(``ocrnet.HRNet_Mscale``), with the reference's forward semantics and no loss inside.
+
+Small CPU-friendly variants use narrower heads than the reference (documented in
+``SMALL_WIDTHS``); the W48 models use the reference's widths (512 / 256 / 256).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from network.hrnet import create_trunk, load_trunk_weights, trunk_channels
+from network.ocr import OCRBlock, OCRWidths, make_attn_head
+from network.ops import resize_by, resize_to, scale_as, scale_key
+from network.registry import register_model
+
+REFERENCE_WIDTHS = OCRWidths(mid=512, key=256, attn_bottleneck=256)
+SMALL_WIDTHS = {"w18": OCRWidths(mid=256, key=128, attn_bottleneck=128),
+                "w18s": OCRWidths(mid=128, key=64, attn_bottleneck=64)}
+
+
+class OCRNet(nn.Module):
+    """HRNetV2 trunk + OCR head, single scale (the reference's ``OCRNet``).
+
+    ``forward(x)`` -> ``{"pred", "aux"}`` in training, ``{"pred"}`` in eval; logits at input size.
+    """
+
+    multiscale = False
+
+    def __init__(self, arch: str, num_classes: int, trunk: str = "w48",
+                 widths: OCRWidths = REFERENCE_WIDTHS, align_corners: bool = False,
+                 fuse_upsample: str = "bilinear") -> None:
+        super().__init__()
+        self.arch = arch
+        self.num_classes = num_classes
+        self.align_corners = align_corners
+        self.backbone = create_trunk(trunk, align_corners=align_corners, fuse_upsample=fuse_upsample)
+        self.ocr = OCRBlock(trunk_channels(self.backbone), num_classes, widths)
+
+    def forward(self, x: torch.Tensor, scales: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+        if scales is not None and tuple(scales) != (1.0,):
+            raise ValueError(f"{self.arch} is single-scale; for scales {tuple(scales)} use "
+                             "network.predict(model, x, scales=...) (averages the scales' logits)")
+        cls_out, aux_out, _ = self.ocr(self.backbone(x))
+        out = {"pred": scale_as(cls_out, x, self.align_corners)}
+        if self.training:
+            out["aux"] = scale_as(aux_out, x, self.align_corners)
+        return out
+
+
+class MscaleOCR(nn.Module):
+    """HRNet-OCR with hierarchical multi-scale attention (the reference's ``MscaleOCR``).
+
+    Training: two scales (input and ``mscale_lo_scale``) -> ``pred``, ``aux``, ``pred_lo``,
+    ``pred_hi``, ``attn_lo`` (all at input size). Eval: scales ``scales`` (default
+    ``eval_scales``; must contain 1.0) combined hierarchically -> ``pred`` and
+    ``attn_<s>x`` per scale (at input size). With ``eval_scales=None`` eval uses the
+    two-scale path, as the reference does without ``N_SCALES``.
+    """
+
+    multiscale = True
+
+    def __init__(self, arch: str, num_classes: int, trunk: str = "w48",
+                 widths: OCRWidths = REFERENCE_WIDTHS, align_corners: bool = False,
+                 mscale_lo_scale: float = 0.5, eval_scales: Sequence[float] | None = (0.5, 1.0, 2.0),
+                 fuse_upsample: str = "bilinear") -> None:
+        super().__init__()
+        if not 0.0 < mscale_lo_scale < 1.0:
+            raise ValueError(f"mscale_lo_scale must be in (0, 1), got {mscale_lo_scale}")
+        self.arch = arch
+        self.num_classes = num_classes
+        self.align_corners = align_corners
+        self.mscale_lo_scale = float(mscale_lo_scale)
+        self.eval_scales = _check_scales(eval_scales) if eval_scales else None
+        self.backbone = create_trunk(trunk, align_corners=align_corners, fuse_upsample=fuse_upsample)
+        self.ocr = OCRBlock(trunk_channels(self.backbone), num_classes, widths)
+        self.scale_attn = make_attn_head(widths.mid, widths.attn_bottleneck, 1)
+
+    def _fwd(self, x: torch.Tensor, with_aux: bool) -> dict[str, torch.Tensor]:
+        """One scale: logits, aux logits (optional) and attention, all at ``x``'s size."""
+        cls_out, aux_out, ocr_feats = self.ocr(self.backbone(x))
+        attn = self.scale_attn(ocr_feats)
+        size, ac = x.shape[-2:], self.align_corners
+        out = {"cls": resize_to(cls_out, size, ac), "attn": resize_to(attn, size, ac)}
+        if with_aux:
+            out["aux"] = resize_to(aux_out, size, ac)
+        return out
+
+    def forward(self, x: torch.Tensor, scales: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+        if self.training:
+            return self.two_scale_forward(x)
+        scales = _check_scales(scales) if scales else self.eval_scales
+        if scales is None:
+            return self.two_scale_forward(x)
+        return self.nscale_forward(x, scales)
+
+    def two_scale_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Input scale + ``mscale_lo_scale``; the low scale's attention weighs its prediction."""
+        ac, with_aux = self.align_corners, self.training
+        lo = self._fwd(resize_by(x, self.mscale_lo_scale, ac), with_aux)
+        hi = self._fwd(x, with_aux)
+        attn = lo["attn"]
+        p_lo = scale_as(attn * lo["cls"], hi["cls"], ac)
+        attn_lo = scale_as(attn, hi["cls"], ac)
+        out = {"pred": p_lo + (1 - attn_lo) * hi["cls"],
+               "pred_lo": scale_as(lo["cls"], hi["cls"], ac),
+               "pred_hi": hi["cls"],
+               "attn_lo": attn_lo}
+        if with_aux:
+            out["aux"] = scale_as(attn * lo["aux"], hi["cls"], ac) + (1 - attn_lo) * hi["aux"]
+        return out
+
+    def nscale_forward(self, x: torch.Tensor, scales: Sequence[float]) -> dict[str, torch.Tensor]:
+        """Hierarchical combination, highest scale first (the reference's ``nscale_forward``).
+
+        Scales >= 1.0: the running prediction is resized to the current scale and blended
+        with the current one by its attention. Scales < 1.0: the current prediction,
+        pre-multiplied by its attention, is upsampled and added to ``(1 - attn)`` x running.
+        """
+        ac, with_aux = self.align_corners, self.training
+        pred = aux = None
+        out: dict[str, torch.Tensor] = {}
+        for s in sorted(scales, reverse=True):
+            cur = self._fwd(resize_by(x, s, ac), with_aux)
+            cls_out, attn = cur["cls"], cur["attn"]
+            out[scale_key("attn", s)] = scale_as(attn, x, ac)
+            if pred is None:
+                pred, aux = cls_out, cur.get("aux")
+            elif s >= 1.0:
+                pred = attn * cls_out + (1 - attn) * scale_as(pred, cls_out, ac)
+                if with_aux:
+                    aux = attn * cur["aux"] + (1 - attn) * scale_as(aux, cls_out, ac)
+            else:
+                up_attn = scale_as(attn, pred, ac)
+                if with_aux:
+                    aux = scale_as(attn * cur["aux"], pred, ac) + (1 - up_attn) * aux
+                pred = scale_as(attn * cls_out, pred, ac) + (1 - up_attn) * pred
+        out["pred"] = pred
+        if with_aux:
+            out["aux"] = aux
+        return out
+
+
+def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    scales = tuple(float(s) for s in scales)
+    if 1.0 not in scales:
+        raise ValueError(f"multi-scale inference needs 1.0 (the target scale) among the scales, got {scales}")
+    if any(s <= 0 for s in scales) or len(set(scales)) != len(scales):
+        raise ValueError(f"scales must be positive and distinct, got {scales}")
+    return scales
+
+
+def _build(arch: str, multiscale: bool, trunk: str, num_classes: int, trunk_weights: str | None,
+           mscale_lo_scale: float, eval_scales: Sequence[float] | None, align_corners: bool,
+           widths: OCRWidths | None = None, fuse_upsample: str = "bilinear") -> nn.Module:
+    widths = widths or (REFERENCE_WIDTHS if trunk == "w48" else SMALL_WIDTHS[trunk])
+    if multiscale:
+        model = MscaleOCR(arch, num_classes, trunk, widths, align_corners, mscale_lo_scale,
+                          eval_scales, fuse_upsample)
+    else:
+        model = OCRNet(arch, num_classes, trunk, widths, align_corners, fuse_upsample)
+    if trunk_weights:
+        load_trunk_weights(model.backbone, trunk_weights)
+    return model
+
+
+def _register(arch: str, multiscale: bool, trunk: str) -> None:
+    def builder(num_classes: int, **kwargs) -> nn.Module:
+        return _build(arch, multiscale, trunk, num_classes, **kwargs)
+
+    builder.__name__ = arch.replace(".", "_")
+    register_model(arch)(builder)
+
+
+for _suffix, _trunk in (("", "w48"), ("_w18", "w18"), ("_w18s", "w18s")):
+    _register(f"ocrnet.HRNet_Mscale{_suffix}", True, _trunk)
+    _register(f"ocrnet.HRNet{_suffix}", False, _trunk)
