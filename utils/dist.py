@@ -1,0 +1,142 @@
+"""Distributed set-up from torchrun's or Slurm's environment; gloo on the CPU, nccl on GPUs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def expand_hostlist(nodelist: str) -> list[str]:
+    """Expand a Slurm node list such as ``gpu[01-03,7],login1`` (what ``scontrol show hostnames`` does)."""
+    hosts: list[str] = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
+        m = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
+        if not m:
+            hosts.append(part)
+            continue
+        prefix, ranges, suffix = m.groups()
+        for r in ranges.split(","):
+            lo, _, hi = r.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{str(i).zfill(len(lo))}{suffix}")
+    return hosts
+
+
+def _first_host(nodelist: str) -> str:
+    if shutil.which("scontrol"):
+        try:
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                                 text=True, timeout=10, check=True).stdout.split()
+            if out:
+                return out[0]
+        except (subprocess.SubprocessError, OSError):
+            pass
+    return expand_hostlist(nodelist)[0]
+
+
+def env_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
+    """torch.distributed variables derived from a Slurm task's environment (``srun``/``sbatch``).
+
+    Empty when torchrun already set ``RANK``/``WORLD_SIZE`` or the job has one task.
+    """
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return {}
+    ntasks = int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")) or 1)
+    if "SLURM_PROCID" not in env or ntasks <= 1:
+        return {}
+    out = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": str(ntasks),
+           "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
+    if "MASTER_ADDR" not in env:
+        out["MASTER_ADDR"] = _first_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "localhost")))
+    if "MASTER_PORT" not in env:  # same on every task of a job, different between jobs
+        out["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+    return out
+
+
+def pick_device(pref: str, local_rank: int) -> torch.device:
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
+    if pref in ("cuda", "auto") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(device_pref: str = "auto") -> DistInfo:
+    """Read the rank from torchrun or Slurm, pick the device, start the process group if needed."""
+    os.environ.update(env_from_slurm(os.environ))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_pref, local_rank)
+    if world <= 1:
+        return DistInfo(device=device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                **({"device_id": device} if device.type == "cuda" else {}))
+    return DistInfo(rank, world, local_rank, device, backend)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one small all-reduce)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
+def maybe_sync_batchnorm(model: nn.Module, info: DistInfo) -> nn.Module:
+    """SyncBatchNorm where the backend supports it (CUDA); a warning and plain BN otherwise."""
+    if info.device.type != "cuda":
+        warnings.warn("--syncbn: SyncBatchNorm needs CUDA tensors; keeping BatchNorm on "
+                      f"{info.device.type} (statistics are per process)", stacklevel=2)
+        return model
+    if not info.distributed:
+        return model  # one process: SyncBatchNorm would equal BatchNorm
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
