@@ -1,0 +1,281 @@
+"""Unlabelled image trees for inference: discovery, subdirectory ranges, sharding, loading.
+
+Everything here is a pure function of its arguments (no config, no environment):
+``predict.py`` resolves the environment (Slurm array, distributed ranks) and passes
+plain numbers in.
+
+The dataset never raises for a bad image: ``ds[i]`` returns a record whose ``error``
+names what went wrong, so that one corrupt file among millions does not stop a
+DataLoader (a worker exception would end the whole iteration).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+RASTER_EXTENSIONS = (".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# Cityscapes' 19 train-id colours (RGB), the palette every Cityscapes tool draws with.
+CITYSCAPES_PALETTE = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
+    (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+)
+
+
+class FolderError(ValueError):
+    """A folder, subdirectory range or shard specification that cannot be used."""
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """``(num_classes, 3)`` uint8 RGB: Cityscapes' colours for 19 classes, else a generated one."""
+    try:  # the datasets room's palette, once it exists, is the single source of truth
+        from datasets.cityscapes import PALETTE as shared  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        shared = CITYSCAPES_PALETTE
+    if num_classes == len(shared):
+        return np.asarray(shared, dtype=np.uint8).reshape(num_classes, 3)
+    return _bit_palette(num_classes)
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    if num_classes == len(CITYSCAPES_CLASSES):
+        return CITYSCAPES_CLASSES
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def _bit_palette(num_classes: int) -> np.ndarray:
+    """Distinct colours by spreading the bits of the class id over R, G and B (PASCAL VOC's scheme)."""
+    out = np.zeros((num_classes, 3), dtype=np.uint8)
+    for c in range(num_classes):
+        cid, rgb = c, [0, 0, 0]
+        for shift in range(7, -1, -1):
+            for ch in range(3):
+                rgb[ch] |= ((cid >> ch) & 1) << shift
+            cid >>= 3
+        out[c] = rgb
+    return out
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def parse_subdirs(spec: str | None) -> list[tuple[int, int] | str] | None:
+    """``"939-986,1001,extra"`` -> ``[(939, 986), (1001, 1001), "extra"]``; ``None``/``""`` -> ``None``.
+
+    Numeric items select top-level subdirectories whose name is an integer in the
+    (inclusive) range; other items select a subdirectory by exact name.
+    """
+    if not spec:
+        return None
+    out: list[tuple[int, int] | str] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+        if m is None:
+            out.append(item)
+            continue
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise FolderError(f"--subdirs range {item!r} is empty: write it low-high, e.g. {hi}-{lo}")
+        out.append((lo, hi))
+    if not out:
+        raise FolderError(f"--subdirs {spec!r} selects nothing; use e.g. '939-986' or '12,15-20'")
+    return out
+
+
+def _subdir_selected(name: str, selection: Sequence[tuple[int, int] | str]) -> bool:
+    for sel in selection:
+        if isinstance(sel, str):
+            if name == sel:
+                return True
+        elif name.isdigit() and sel[0] <= int(name) <= sel[1]:
+            return True
+    return False
+
+
+def discover_images(root: str | os.PathLike, subdirs: str | None = None,
+                    extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[str]:
+    """Relative POSIX paths of every image under ``root``, sorted (a stable order on every host).
+
+    Extensions match case-insensitively; hidden files and directories (``.name``,
+    e.g. temporary files of an interrupted copy) are skipped. ``subdirs`` (see
+    :func:`parse_subdirs`) keeps only the matching top-level subdirectories; files
+    directly in ``root`` are then excluded.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FolderError(f"--eval_folder {str(root)!r} is not a directory")
+    exts = tuple(e.lower() for e in extensions)
+    selection = parse_subdirs(subdirs)
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        rel_dir = Path(dirpath).relative_to(root)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if selection is not None and rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if _subdir_selected(d, selection)]
+            continue
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(exts):
+                found.append((rel_dir / name).as_posix())
+    found.sort()
+    if not found:
+        where = f" in subdirectories {subdirs!r}" if subdirs else ""
+        raise FolderError(f"no images ({', '.join(exts)}) found under {str(root)!r}{where}")
+    return found
+
+
+def shard(items: Sequence[str], index: int, count: int) -> list[str]:
+    """Every ``count``-th item from ``index``: shards ``0..count-1`` partition ``items`` exactly.
+
+    Strided rather than contiguous so each shard gets a similar mix of subdirectories
+    (and image sizes) and the array tasks finish at about the same time.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise FolderError(f"shard {index}/{count} is invalid: need 0 <= index < count")
+    return list(items[index::count])
+
+
+def output_stems(files: Sequence[str]) -> list[str]:
+    """Output name (relative, without extension) per input: the stem, or the full name on a clash.
+
+    ``a/x.jpg`` -> ``a/x``; ``a/x.jpg`` and ``a/x.png`` together -> ``a/x.jpg`` and ``a/x.png``.
+    """
+    stems = [f.rsplit(".", 1)[0] for f in files]
+    counts: dict[str, int] = {}
+    for s in stems:
+        key = s.lower()
+        counts[key] = counts.get(key, 0) + 1
+    return [f if counts[s.lower()] > 1 else s for f, s in zip(files, stems, strict=True)]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def inference_size(height: int, width: int, short_side: int | None, divisor: int = 1) -> tuple[int, int]:
+    """(H, W) with the shorter side scaled to ``short_side``, each side rounded to ``divisor``."""
+    if short_side:
+        scale = short_side / min(height, width)
+        height, width = height * scale, width * scale
+    d = max(1, divisor)
+    return max(d, int(round(height / d)) * d), max(d, int(round(width / d)) * d)
+
+
+class ImageLoadError(RuntimeError):
+    """An image that cannot be read; the message is the reason written to the failures report."""
+
+
+def read_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` to ``(H, W, 3)`` uint8 RGB, checking the size from the header first.
+
+    Pixels are kept in stored order (EXIF orientation is not applied), so outputs
+    line up with the file's own pixel grid. Truncated files raise instead of
+    decoding to grey.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageLoadError(f"too large: {width}x{height} pixels > --max_pixels {max_pixels}")
+                img.load()
+                rgb = np.array(img.convert("RGB"))  # a writable copy
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(f"too large: {e}") from e
+    except UnidentifiedImageError as e:
+        raise ImageLoadError("unreadable: not a recognised image format") from e
+    except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation/corruption as these
+        raise ImageLoadError(f"corrupt: {e}") from e
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageLoadError(f"unreadable: decoded to shape {rgb.shape}")
+    return rgb
+
+
+def to_model_input(rgb: np.ndarray, size: tuple[int, int], mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Resize (area for shrinking, bilinear for enlarging) and normalise to a ``(3, H, W)`` tensor."""
+    import cv2
+
+    h, w = size
+    if rgb.shape[:2] != (h, w):
+        interp = cv2.INTER_AREA if h * w < rgb.shape[0] * rgb.shape[1] else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (w, h), interpolation=interp)
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+class FolderDataset(Dataset):
+    """Images under ``root`` for inference (``build_dataset("folder", root=DIR)``).
+
+    ``ds[i]`` is ``{"image": FloatTensor (3, h, w) ImageNet-normalised at inference size,
+    "name": relative path, "index": i, "size": (H, W) original, "error": ""}``; with
+    ``keep_original=True`` also ``"original"``: uint8 ``(H, W, 3)`` RGB (for overlays). A
+    bad image gives ``error`` = the reason, an empty ``image`` and ``size`` ``(0, 0)``.
+    ``transform``, when given, replaces resizing and normalisation: it takes the
+    ``(H, W, 3)`` uint8 RGB array and returns the ``(3, h, w)`` tensor.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "folder", cv: int = 0,
+                 transform: Callable[[np.ndarray], torch.Tensor] | None = None, *,
+                 files: Sequence[str] | None = None, subdirs: str | None = None,
+                 short_side: int | None = None, size_divisor: int = 1,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, keep_original: bool = False,
+                 num_classes: int = 19, ignore_index: int = 255) -> None:
+        del split, cv  # accepted for build_dataset's common signature; a folder has no splits
+        self.root = Path(root)
+        self.files = list(files) if files is not None else discover_images(self.root, subdirs)
+        self.transform = transform
+        self.short_side = short_side
+        self.size_divisor = size_divisor
+        self.max_pixels = max_pixels
+        self.keep_original = keep_original
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = default_class_names(num_classes)
+        self.palette = default_palette(num_classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.files[index]
+        record: dict = {"name": name, "index": index, "error": ""}
+        try:
+            rgb = read_rgb(self.root / name, self.max_pixels)
+        except ImageLoadError as e:
+            record.update(image=torch.empty(3, 0, 0), size=(0, 0), error=str(e))
+            if self.keep_original:
+                record["original"] = torch.empty(0, 0, 3, dtype=torch.uint8)
+            return record
+        size = inference_size(rgb.shape[0], rgb.shape[1], self.short_side, self.size_divisor)
+        image = self.transform(rgb) if self.transform is not None else to_model_input(rgb, size)
+        record.update(image=image, size=tuple(rgb.shape[:2]))
+        if self.keep_original:
+            record["original"] = torch.from_numpy(rgb)
+        return record

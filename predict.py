@@ -1,0 +1,655 @@
+"""Segment a folder of images (and GeoTIFF rasters) with a trained model: resumable and sharded.
+
+    python predict.py --arch ocrnet.HRNet_Mscale --snapshot best.pth \\
+        --eval_folder /data/photos --result_dir /out --infer_short_side 512 [--subdirs 939-986]
+
+Outputs mirror the input tree under ``--result_dir``::
+
+    label/<rel>.png     train ids (uint8; rasters: label/<rel>.tif, GeoTIFF with a colour map)
+    color/<rel>.png     colourised labels                    (not for rasters)
+    overlay/<rel>.jpg   colours blended over the photo       (--overlay; not for rasters)
+    prob/<rel>.npz      uint8 probabilities x 255, (K, H, W)  (--probs; rasters: prob/<rel>.tif)
+    failures[_shard].csv, summary[_shard].json, predict_manifest.json
+
+Every file is written atomically, so an existing output is a complete one: an image
+is skipped when all its outputs exist. A Slurm job array (or ``--shard i/N``, or
+several torchrun ranks) splits the images so the tasks cover each one exactly once.
+
+Exit status: 0 done; 3 more than ``--max_fail_ratio`` of the shard's images failed
+(listed in the failures CSV); 2 bad arguments; 1 anything else.
+
+``train.py --eval folder`` calls :func:`predict_folder` with its own model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from datasets.folder import (
+    DEFAULT_MAX_PIXELS,
+    RASTER_EXTENSIONS,
+    FolderDataset,
+    FolderError,
+    default_class_names,
+    default_palette,
+    discover_images,
+    output_stems,
+    shard,
+)
+from utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+EXIT_TOO_MANY_FAILURES = 3
+MANIFEST = "predict_manifest.json"
+# settings that change the pixels of an output: a resume with other values would mix results
+MANIFEST_KEYS = ("arch", "snapshot", "num_classes", "infer_short_side", "size_divisor", "scales",
+                 "flip", "bands", "band_mean", "band_std", "tile", "overlap")
+
+
+class PredictError(RuntimeError):
+    """A run that cannot start as asked; the message says what to change."""
+
+
+@dataclass
+class PredictOptions:
+    """Everything :func:`predict_folder` needs besides the model (CLI flags of the same names)."""
+
+    eval_folder: str
+    result_dir: str
+    subdirs: str | None = None  # top-level subdirectories, e.g. "939-986" or "12,15-20,misc"
+    shard: str | None = None  # "i/N" (0 <= i < N); None: Slurm array and torch.distributed ranks
+    infer_short_side: int | None = None  # resize the shorter side to this before the model
+    size_divisor: int = 32  # inference sizes rounded to a multiple of this (HRNet needs /32)
+    batch_size: int = 4
+    workers: int = 2
+    scales: tuple[float, ...] | None = None  # multi-scale inference (network.predict)
+    flip: bool = False
+    amp: bool = True  # autocast (fp16) on CUDA; ignored on the CPU
+    color: bool = True
+    overlay: bool = False
+    probs: bool = False
+    geotiff: bool = True  # .tif/.tiff read with rasterio and written as GeoTIFF
+    bands: tuple[int, ...] | None = None
+    band_mean: tuple[float, ...] | None = None
+    band_std: tuple[float, ...] | None = None
+    tile: int = 1024
+    overlap: int = 128
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_fail_ratio: float = 0.01
+    overwrite: bool = False  # recompute everything instead of resuming
+    progress: bool = True
+    arch: str | None = None  # recorded in the manifest only
+    snapshot: str | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+    source: str = "single"
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.count == 1 else f"_shard{self.index:04d}of{self.count:04d}"
+
+
+@dataclass
+class Summary:
+    shard: Shard
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    max_fail_ratio: float = 0.01
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def fail_ratio(self) -> float:
+        return self.failed / self.total if self.total else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.fail_ratio <= self.max_fail_ratio
+
+    def line(self) -> str:
+        rate = self.done / self.seconds if self.seconds > 0 else 0.0
+        return (f"shard {self.shard.index}/{self.shard.count}: {self.total} images, done {self.done}, "
+                f"skipped {self.skipped}, failed {self.failed} ({self.fail_ratio:.2%}), "
+                f"{self.seconds:.1f} s, {rate:.2f} images/s")
+
+
+# ---------------------------------------------------------------- sharding
+
+
+def resolve_shard(spec: str | None, env: Mapping[str, str] | None = None,
+                  rank: int | None = None, world: int | None = None) -> Shard:
+    """This process's shard: ``--shard i/N``, else the Slurm array task; times the distributed ranks.
+
+    With a Slurm array ``--array=MIN-MAX[:STEP]`` task ``k`` is shard ``(k - MIN) / STEP`` of
+    ``SLURM_ARRAY_TASK_COUNT``; with ``R`` ranks (torch.distributed, or torchrun's ``RANK`` and
+    ``WORLD_SIZE``) each shard is split once more, rank-major, so every image is seen once.
+    """
+    env = os.environ if env is None else env
+    if spec and spec != "auto":
+        base = _parse_shard(spec)
+    elif "SLURM_ARRAY_TASK_ID" in env:
+        base = _slurm_shard(env)
+    else:
+        base = Shard(0, 1)
+    if rank is None or world is None:
+        rank, world = _distributed_rank(env)
+    if world <= 1:
+        return base
+    return Shard(base.index * world + rank, base.count * world, f"{base.source}+rank{rank}/{world}")
+
+
+def _parse_shard(spec: str) -> Shard:
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError as e:
+        raise PredictError(f"--shard {spec!r}: write it as INDEX/COUNT, e.g. 0/8") from e
+    if n < 1 or not 0 <= i < n:
+        raise PredictError(f"--shard {spec!r}: need 0 <= INDEX < COUNT (indices start at 0)")
+    return Shard(i, n, "--shard")
+
+
+def _slurm_shard(env: Mapping[str, str]) -> Shard:
+    task = int(env["SLURM_ARRAY_TASK_ID"])
+    lo = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    step = int(env.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
+    if "SLURM_ARRAY_TASK_COUNT" in env:
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+    else:
+        count = (int(env.get("SLURM_ARRAY_TASK_MAX", task)) - lo) // step + 1
+    index, rest = divmod(task - lo, step)
+    if rest or not 0 <= index < count:
+        raise PredictError(f"Slurm array task {task} (min {lo}, step {step}, count {count}) does not map "
+                           "to a shard: use a contiguous array such as --array=0-99 (a '%N' "
+                           "throttle is fine), or pass --shard INDEX/COUNT")
+    return Shard(index, count, "slurm-array")
+
+
+def _distributed_rank(env: Mapping[str, str]) -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    return 0, 1
+
+
+# ---------------------------------------------------------------- outputs and resume
+
+
+@dataclass(frozen=True)
+class Item:
+    rel: str  # input path relative to eval_folder
+    stem: str  # output path relative to each output kind's folder, without extension
+    raster: bool
+
+
+def expected_outputs(result_dir: Path, item: Item, opts: PredictOptions) -> dict[str, Path]:
+    """Output kind -> path, for the outputs this run writes for ``item``."""
+    if item.raster:
+        out = {"label": result_dir / "label" / f"{item.stem}.tif"}
+        if opts.probs:
+            out["prob"] = result_dir / "prob" / f"{item.stem}.tif"
+        return out
+    out = {"label": result_dir / "label" / f"{item.stem}.png"}
+    if opts.color:
+        out["color"] = result_dir / "color" / f"{item.stem}.png"
+    if opts.overlay:
+        out["overlay"] = result_dir / "overlay" / f"{item.stem}.jpg"
+    if opts.probs:
+        out["prob"] = result_dir / "prob" / f"{item.stem}.npz"
+    return out
+
+
+class _DirListing:
+    """``exists`` by listing each output folder once (inputs come sorted, so folders come grouped).
+
+    One listing per folder instead of one ``stat`` per file matters on network file systems.
+    Only the most recent folders are cached, so memory does not grow with the tree.
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self.cache: dict[Path, set[str]] = {}
+
+    def exists(self, path: Path) -> bool:
+        names = self.cache.get(path.parent)
+        if names is None:
+            try:
+                names = set(os.listdir(path.parent))
+            except FileNotFoundError:
+                names = set()
+            if len(self.cache) >= self.keep:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[path.parent] = names
+        return path.name in names
+
+
+def plan(opts: PredictOptions, shard_: Shard) -> tuple[list[Item], int]:
+    """This shard's images still to do, and how many were skipped as complete."""
+    files = discover_images(opts.eval_folder, opts.subdirs)
+    stems = output_stems(files)
+    mine = set(shard(files, shard_.index, shard_.count))
+    items = [Item(f, s, opts.geotiff and f.lower().endswith(RASTER_EXTENSIONS))
+             for f, s in zip(files, stems, strict=True) if f in mine]
+    if opts.overwrite:
+        return items, 0
+    listing, todo = _DirListing(), []
+    result_dir = Path(opts.result_dir)
+    for item in items:
+        if not all(listing.exists(p) for p in expected_outputs(result_dir, item, opts).values()):
+            todo.append(item)
+    return todo, len(items) - len(todo)
+
+
+def check_manifest(opts: PredictOptions, num_classes: int) -> None:
+    """Refuse to resume into a result folder made with other settings (mixed outputs)."""
+    settings = {k: v for k, v in asdict(opts).items() if k in MANIFEST_KEYS}
+    settings["num_classes"] = num_classes
+    settings = json.loads(json.dumps(settings, default=str))
+    path = Path(opts.result_dir) / MANIFEST
+    if path.exists() and not opts.overwrite:
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in MANIFEST_KEYS if old.get(k) != settings.get(k))
+        if diff:
+            raise PredictError(f"{opts.result_dir} holds outputs made with other settings ({', '.join(diff)}: "
+                               f"{[old.get(k) for k in diff]} there, {[settings.get(k) for k in diff]} now); "
+                               "use a new --result_dir, or --overwrite to recompute everything")
+    atomic_write_json(path, settings)
+
+
+# ---------------------------------------------------------------- inference
+
+
+def _logits_fn(model: nn.Module, device: torch.device, opts: PredictOptions):
+    from network import predict as network_predict
+
+    use_amp = opts.amp and device.type == "cuda"
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            return network_predict(model, x, scales=opts.scales, flip=opts.flip)["pred"].float()
+
+    return fn
+
+
+class SizeBuckets:
+    """Group decoded images by their (resized) tensor shape into batches of ``batch_size``.
+
+    Sizes are only known once a worker has decoded a file, so grouping happens here,
+    on the stream of decoded samples, rather than in a sampler that would need a pass
+    over every file's header first. At most ``max_pending`` images wait; past that the
+    fullest group goes out as a smaller batch, which keeps memory bounded.
+    """
+
+    def __init__(self, batch_size: int, max_pending: int | None = None) -> None:
+        self.batch_size = batch_size
+        self.max_pending = max_pending or 4 * batch_size
+        self.groups: dict[tuple[int, ...], list[dict]] = {}
+        self.pending = 0
+
+    def add(self, sample: dict) -> list[list[dict]]:
+        key = tuple(sample["image"].shape)
+        group = self.groups.setdefault(key, [])
+        group.append(sample)
+        self.pending += 1
+        if len(group) >= self.batch_size:
+            return [self._pop(key)]
+        if self.pending > self.max_pending:
+            return [self._pop(max(self.groups, key=lambda k: len(self.groups[k])))]
+        return []
+
+    def flush(self) -> list[list[dict]]:
+        return [self._pop(k) for k in list(self.groups)]
+
+    def _pop(self, key: tuple[int, ...]) -> list[dict]:
+        group = self.groups.pop(key)
+        self.pending -= len(group)
+        return group
+
+
+def _infer_batch(logits_fn, batch: list[dict], want_probs: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Labels (uint8 at inference size) and optional uint8 probabilities (K, h, w) per sample."""
+    logits = logits_fn(torch.stack([s["image"] for s in batch]))
+    labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
+    probs = None
+    if want_probs:
+        probs = (torch.softmax(logits, 1) * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    return [(labels[i], None if probs is None else probs[i]) for i in range(len(batch))]
+
+
+def _resize_back(label: np.ndarray, prob: np.ndarray | None, size: tuple[int, int]):
+    """Nearest for labels, bilinear for probabilities, back to the original ``(H, W)``."""
+    import cv2
+
+    h, w = size
+    if label.shape != (h, w):
+        label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+    if prob is not None and prob.shape[1:] != (h, w):
+        chans = [cv2.resize(np.ascontiguousarray(prob[i:i + 256].transpose(1, 2, 0)), (w, h),
+                            interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+                 for i in range(0, prob.shape[0], 256)]
+        prob = np.concatenate(chans, axis=2).transpose(2, 0, 1)
+    return label, prob
+
+
+def _write_photo_outputs(paths: dict[str, Path], label: np.ndarray, prob: np.ndarray | None,
+                         original: np.ndarray | None, palette: np.ndarray,
+                         class_names: Sequence[str]) -> None:
+    """Write one image's outputs; the label goes last, so a crash leaves it missing (-> redone)."""
+    import cv2
+
+    from utils.io import atomic_imwrite
+    from utils.vis import colorize, overlay
+
+    color = colorize(label, palette) if "color" in paths or "overlay" in paths else None
+    if "color" in paths:
+        atomic_imwrite(paths["color"], color[..., ::-1])
+    if "overlay" in paths:
+        atomic_imwrite(paths["overlay"], overlay(original, color)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if "prob" in paths:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, prob=prob, class_names=np.asarray(class_names))
+        atomic_write_bytes(paths["prob"], buf.getvalue())
+    atomic_imwrite(paths["label"], label)
+
+
+class _Run:
+    """State of one :func:`predict_folder` call: progress, failures, pending writes."""
+
+    def __init__(self, opts: PredictOptions, summary: Summary, palette: np.ndarray,
+                 class_names: Sequence[str], total: int) -> None:
+        from tqdm import tqdm
+
+        self.opts, self.summary = opts, summary
+        self.palette, self.class_names = palette, class_names
+        self.result_dir = Path(opts.result_dir)
+        self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, disable=not opts.progress,
+                        desc=f"predict {summary.shard.index}/{summary.shard.count}")
+        self.writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict-write")
+        self.pending: deque[tuple[str, Future]] = deque()
+
+    def fail(self, rel: str, reason: str) -> None:
+        self.summary.failed += 1
+        self.summary.failures.append((rel, reason))
+        self.bar.set_postfix(failed=self.summary.failed, refresh=False)
+        self.bar.update(1)
+
+    def succeed(self) -> None:
+        self.summary.done += 1
+        self.bar.update(1)
+
+    def submit_write(self, rel: str, fn, *args) -> None:
+        self.pending.append((rel, self.writer.submit(fn, *args)))
+        while len(self.pending) > 2 * self.opts.batch_size:  # bounded: memory stays flat
+            self._collect_one()
+
+    def _collect_one(self) -> None:
+        rel, fut = self.pending.popleft()
+        try:
+            fut.result()
+        except (OSError, ValueError) as e:
+            self.fail(rel, f"write failed: {e}")
+        else:
+            self.succeed()
+
+    def close(self) -> None:
+        while self.pending:
+            self._collect_one()
+        self.writer.shutdown(wait=True)
+        self.bar.close()
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions) -> Iterator[list[dict]]:
+    """Decoded samples from DataLoader workers, grouped by size; failures go to the report."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=opts.workers,
+                        worker_init_fn=_worker_init if opts.workers else None,
+                        prefetch_factor=4 if opts.workers else None, pin_memory=False)
+    buckets = SizeBuckets(opts.batch_size)
+    for sample in loader:
+        if sample["error"]:
+            run.fail(sample["name"], sample["error"])
+            continue
+        yield from buckets.add(sample)
+    yield from buckets.flush()
+
+
+def _run_photos(items: list[Item], logits_fn, run: _Run, opts: PredictOptions) -> None:
+    if not items:
+        return
+    ds = FolderDataset(opts.eval_folder, files=[it.rel for it in items], short_side=opts.infer_short_side,
+                       size_divisor=opts.size_divisor, max_pixels=opts.max_pixels,
+                       keep_original=opts.overlay)
+    for batch in _photo_batches(ds, run, opts):
+        for sample, result in _infer_with_oom_fallback(logits_fn, batch, opts.probs, run):
+            item = items[sample["index"]]
+            label, prob = _resize_back(*result, sample["size"])
+            original = sample["original"].numpy() if opts.overlay else None
+            run.submit_write(item.rel, _write_photo_outputs, expected_outputs(run.result_dir, item, opts),
+                             label, prob, original, run.palette, run.class_names)
+
+
+def _infer_with_oom_fallback(logits_fn, batch: list[dict], want_probs: bool, run: _Run):
+    """Infer a batch; on out-of-memory retry one by one, and report an image that alone does not fit."""
+    try:
+        return list(zip(batch, _infer_batch(logits_fn, batch, want_probs), strict=True))
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(batch) == 1:
+            shape = tuple(batch[0]["image"].shape[1:])
+            run.fail(batch[0]["name"], f"too large: out of memory at inference size {shape}")
+            return []
+    out = []
+    for sample in batch:
+        out.extend(_infer_with_oom_fallback(logits_fn, [sample], want_probs, run))
+    return out
+
+
+def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, num_classes: int) -> None:
+    from utils.geo import GeoError, RasterOptions, RasterOutputs, predict_raster
+
+    ropts = RasterOptions(bands=opts.bands, band_mean=opts.band_mean, band_std=opts.band_std,
+                          tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
+                          size_divisor=opts.size_divisor, write_probs=opts.probs)
+    for item in items:
+        paths = expected_outputs(run.result_dir, item, opts)
+        try:
+            predict_raster(Path(opts.eval_folder) / item.rel, RasterOutputs(paths["label"], paths.get("prob")),
+                           logits_fn, num_classes, run.palette, ropts, run.class_names)
+        except GeoError:
+            raise  # a wrong option: every raster would fail the same way
+        except (OSError, ValueError, torch.OutOfMemoryError) as e:  # rasterio errors are OSError/ValueError
+            run.fail(item.rel, f"raster: {e}")
+        else:
+            run.succeed()
+
+
+def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarray | None = None,
+                   class_names: Sequence[str] | None = None, device: torch.device | None = None,
+                   shard_: Shard | None = None) -> Summary:
+    """Segment ``opts.eval_folder`` into ``opts.result_dir`` with ``model`` (already built and loaded).
+
+    Resumes (skips complete outputs), covers only this process's shard, writes the
+    failures CSV and summary JSON, and returns the :class:`Summary`; the caller
+    decides the exit status from ``summary.ok``.
+    """
+    device = device or next(model.parameters()).device
+    num_classes = int(getattr(model, "num_classes", 0) or len(palette if palette is not None else []))
+    if num_classes <= 0:
+        raise PredictError("the model has no `num_classes` attribute: pass `palette` for its classes")
+    palette = default_palette(num_classes) if palette is None else np.asarray(palette, np.uint8)
+    class_names = class_names or default_class_names(num_classes)
+    shard_ = shard_ or resolve_shard(opts.shard)
+    if opts.arch is None:
+        opts = replace(opts, arch=getattr(model, "arch", type(model).__name__))
+    Path(opts.result_dir).mkdir(parents=True, exist_ok=True)
+    check_manifest(opts, num_classes)
+    items, skipped = plan(opts, shard_)
+    summary = Summary(shard_, total=len(items) + skipped, skipped=skipped, max_fail_ratio=opts.max_fail_ratio)
+    print(f"predict: shard {shard_.index}/{shard_.count} ({shard_.source}): {summary.total} images, "
+          f"{skipped} already complete, {len(items)} to do", file=sys.stderr)
+    model.eval()
+    logits_fn = _logits_fn(model, device, opts)
+    run = _Run(opts, summary, palette, class_names, len(items))
+    start = time.perf_counter()
+    try:
+        _run_photos([it for it in items if not it.raster], logits_fn, run, opts)
+        _run_rasters([it for it in items if it.raster], logits_fn, run, opts, num_classes)
+    finally:
+        run.close()
+        summary.seconds = time.perf_counter() - start
+        write_reports(summary, Path(opts.result_dir))
+        print(f"predict: {summary.line()}", file=sys.stderr)
+    return summary
+
+
+def write_reports(summary: Summary, result_dir: Path) -> None:
+    """``failures<suffix>.csv`` (path, reason) and ``summary<suffix>.json`` for this shard."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "reason"])
+    writer.writerows(summary.failures)
+    atomic_write_text(result_dir / f"failures{summary.shard.suffix}.csv", buf.getvalue())
+    data = {k: v for k, v in asdict(summary).items() if k != "failures"}
+    data.update(fail_ratio=summary.fail_ratio, ok=summary.ok,
+                images_per_s=summary.done / summary.seconds if summary.seconds else 0.0)
+    atomic_write_json(result_dir / f"summary{summary.shard.suffix}.json", data)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from e
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    a = p.add_argument
+    a("--arch", required=True, help="registered model name, e.g. ocrnet.HRNet_Mscale")
+    a("--snapshot", default=None, help="checkpoint (project or reference .pth); omit for random weights")
+    a("--eval_folder", required=True, help="folder of images/rasters, searched recursively")
+    a("--result_dir", required=True, help="output folder (runx passes LOGDIR)")
+    a("--dataset", default=None, choices=["cityscapes", "mapillary"],
+      help="class set when the snapshot does not record it (19 or 65 classes)")
+    a("--num_classes", type=int, default=None)
+    a("--eval", default="folder", choices=["folder"], help="accepted for the reference's command lines")
+    a("--subdirs", default=None, help="top-level subdirectories to include, e.g. 939-986 or 1,5-9")
+    a("--shard", default=None, help="INDEX/COUNT (0-based); default: from the Slurm array / ranks")
+    a("--infer_short_side", type=int, default=None, help="resize the shorter side to this for the model")
+    a("--size_divisor", type=int, default=32)
+    a("--batch_size", "--bs_val", type=int, default=4)
+    a("--workers", "--num_workers", type=int, default=min(4, os.cpu_count() or 1))
+    a("--n_scales", type=_floats, default=None, help="e.g. 0.5,1.0,2.0")
+    a("--do_flip", action="store_true")
+    a("--no_amp", action="store_true", help="disable fp16 autocast on CUDA")
+    a("--fp16", action="store_true", help="accepted (AMP is on by default on CUDA)")
+    a("--no_color", action="store_true")
+    a("--overlay", action="store_true")
+    a("--probs", action="store_true", help="also write per-class probabilities")
+    a("--no_geotiff", action="store_true", help="treat .tif/.tiff as ordinary images")
+    a("--bands", type=_ints, default=None, help="zero-based raster bands, e.g. 0,1,2")
+    a("--band_mean", type=_floats, default=None)
+    a("--band_std", type=_floats, default=None)
+    a("--tile", type=int, default=1024)
+    a("--overlap", type=int, default=128)
+    a("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    a("--max_fail_ratio", type=float, default=0.01)
+    a("--overwrite", action="store_true")
+    a("--no_progress", action="store_true")
+    a("--device", default=None, help="default: cuda if available, else cpu")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> PredictOptions:
+    return PredictOptions(
+        eval_folder=args.eval_folder, result_dir=args.result_dir, subdirs=args.subdirs, shard=args.shard,
+        infer_short_side=args.infer_short_side, size_divisor=args.size_divisor, batch_size=args.batch_size,
+        workers=args.workers, scales=args.n_scales, flip=args.do_flip, amp=not args.no_amp,
+        color=not args.no_color, overlay=args.overlay, probs=args.probs, geotiff=not args.no_geotiff,
+        bands=args.bands, band_mean=args.band_mean, band_std=args.band_std, tile=args.tile,
+        overlap=args.overlap, max_pixels=args.max_pixels, max_fail_ratio=args.max_fail_ratio,
+        overwrite=args.overwrite, progress=not args.no_progress, arch=args.arch,
+        snapshot=str(Path(args.snapshot).resolve()) if args.snapshot else None)
+
+
+def build_model(arch: str, snapshot: str | None, num_classes: int | None, dataset: str | None) -> nn.Module:
+    """The registered model with the snapshot's weights; the class count comes from the snapshot if recorded."""
+    from network import get_model, load_checkpoint
+    from network.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(snapshot) if snapshot else None
+    n = num_classes or (ckpt or {}).get("num_classes") or {"mapillary": 65}.get(dataset or "", 19)
+    model = get_model(arch, num_classes=int(n), trunk_weights=None)
+    if ckpt is None:
+        print("predict: no --snapshot: the model has random weights (demo/benchmark only)", file=sys.stderr)
+    else:
+        load_checkpoint(model, ckpt)
+    return model
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through `finally`: reports are written, writes finish
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = options_from_args(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        model = build_model(args.arch, args.snapshot, args.num_classes, args.dataset).to(device)
+        summary = predict_folder(model, opts, device=device)
+    except (PredictError, FolderError) as e:
+        print(f"predict: error: {e}", file=sys.stderr)
+        return 2
+    if not summary.ok:
+        print(f"predict: {summary.failed} of {summary.total} images failed ({summary.fail_ratio:.2%} > "
+              f"--max_fail_ratio {opts.max_fail_ratio:.2%}); see failures{summary.shard.suffix}.csv",
+              file=sys.stderr)
+        return EXIT_TOO_MANY_FAILURES
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
