@@ -1,0 +1,464 @@
+"""Train and evaluate HRNet-OCR / hierarchical multi-scale attention models.
+
+``python train.py --dataset synthetic --arch ocrnet.HRNet_Mscale_w18s --result_dir logs/x``;
+``torchrun --nproc_per_node=N train.py ...`` or ``srun`` for DDP. ``main(cfg)`` only wires the
+builders; :func:`train_one_epoch` and :func:`evaluate` are the loops. Exit status: 0 done,
+75 stopped by SIGTERM/SIGUSR1 after writing ``last.pth`` ("requeue me"), 2 bad flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from config import Config, ConfigError, expand_assets, parse_config, save_config
+from utils import checkpoint as ckpt_io
+from utils.amp import Precision, prepare_model, resolve_precision
+from utils.data import ResumableSampler, SeededDataset, ShardSampler, mix_seed, seed_all
+from utils.dist import (
+    DistInfo,
+    any_rank,
+    barrier,
+    cleanup,
+    init_distributed,
+    maybe_sync_batchnorm,
+    mean_over_ranks,
+)
+from utils.dump import ImageDumper
+from utils.logger import RunLogger
+from utils.metrics import ConfusionMatrix, format_table, write_metrics
+from utils.optim import build_optimizer, poly_schedule
+from utils.signals import EXIT_REQUEUE, StopRequest, ignore_stop_signals
+
+
+@dataclass
+class State:
+    epoch: int = 0  # epoch in progress (or next to start)
+    iteration: int = 0  # optimizer steps done
+    consumed: int = 0  # samples this rank consumed in `epoch`
+    best_miou: float = -1.0
+
+
+@dataclass
+class Run:
+    """Everything the loops need, built once by :func:`main`."""
+    cfg: Config
+    info: DistInfo
+    precision: Precision
+    model: nn.Module  # possibly DDP-wrapped
+    net: nn.Module  # the unwrapped model
+    criterion: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    scaler: Any = None
+    train_loader: DataLoader | None = None
+    sampler: ResumableSampler | None = None
+    val_loader: DataLoader | None = None
+    val_ds: Any = None
+    logger: RunLogger | None = None
+    stop: StopRequest = field(default_factory=StopRequest)
+    state: State = field(default_factory=State)
+    accum: int = 1
+    total_iters: int = 0
+
+
+# ----------------------------------------------------------------------------- data
+
+def _dataset_options(cfg: Config) -> dict[str, Any]:
+    d = cfg.data
+    opts = {"coarse_boost_classes": d.coarse_boost_classes, "custom_coarse_prob": d.custom_coarse_prob,
+            "custom_coarse_dropout_classes": d.custom_coarse_dropout_classes}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    if d.mask_out_cityscapes:
+        opts["mask_out_cityscapes"] = True
+    return opts
+
+
+def build_datasets(cfg: Config, train: bool) -> tuple[Any, Any]:
+    from datasets.transforms import build_eval_transform, build_train_transform
+
+    from datasets import build_dataset
+
+    d = cfg.data
+    val_split = "train" if cfg.eval.eval == "trn" else "val"
+    val_ds = build_dataset(d.dataset, root=d.dataset_root, split=val_split, cv=d.cv,
+                           transform=build_eval_transform(pre_size=d.pre_size))
+    if not train:
+        return None, val_ds
+    tf = build_train_transform(d.crop_size, d.scale_min, d.scale_max, ignore_index=val_ds.ignore_index,
+                               color_aug=d.color_aug, gblur=d.gblur)
+    train_ds = build_dataset(d.dataset, root=d.dataset_root, split="train", cv=d.cv, transform=tf,
+                             **_dataset_options(cfg))
+    return train_ds, val_ds
+
+
+def build_train_loader(cfg: Config, info: DistInfo, train_ds: Any) -> tuple[DataLoader, ResumableSampler]:
+    from datasets import build_sampler
+
+    inner = build_sampler(train_ds, class_uniform_pct=cfg.data.class_uniform_pct,
+                          class_uniform_tile=cfg.data.class_uniform_tile, num_replicas=info.world_size,
+                          rank=info.rank, seed=cfg.train.seed, shuffle=True, cache_dir=cfg.data.centroid_cache)
+    sampler = ResumableSampler(inner)
+    loader = DataLoader(SeededDataset(train_ds, cfg.train.seed), batch_size=cfg.data.bs_trn, sampler=sampler,
+                        num_workers=cfg.data.num_workers, drop_last=True, pin_memory=info.device.type == "cuda",
+                        worker_init_fn=ignore_stop_signals)
+    return loader, sampler
+
+
+def build_val_loader(cfg: Config, info: DistInfo, val_ds: Any) -> DataLoader:
+    return DataLoader(val_ds, batch_size=cfg.data.bs_val, sampler=ShardSampler(len(val_ds), info.rank, info.world_size),
+                      num_workers=cfg.data.num_workers, pin_memory=info.device.type == "cuda",
+                      worker_init_fn=ignore_stop_signals)
+
+
+# ----------------------------------------------------------------------------- model
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    from network import get_model
+
+    m = cfg.model
+    try:
+        return get_model(m.arch, num_classes=num_classes, trunk_weights=expand_assets(m.trunk_weights, m.assets_path),
+                         mscale_lo_scale=m.mscale_lo_scale, align_corners=m.align_corners,
+                         eval_scales=cfg.eval.n_scales or (m.mscale_lo_scale, 1.0))
+    except KeyError as e:
+        raise ConfigError(f"--arch: {e.args[0]}") from e
+
+
+def place_model(cfg: Config, net: nn.Module, info: DistInfo, precision: Precision) -> tuple[nn.Module, nn.Module]:
+    """Device, SyncBN, precision, DDP. Returns (model to call for training, unwrapped model)."""
+    net.to(info.device)
+    if cfg.model.syncbn:
+        net = maybe_sync_batchnorm(net, info)
+    prepare_model(net, precision)
+    if not info.distributed:
+        return net, net
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(net, device_ids=ids), net
+
+
+def load_weights(cfg: Config, net: nn.Module, info: DistInfo) -> dict[str, Any] | None:
+    """Resume (explicit --resume, else result_dir/last.pth) or --snapshot (weights only)."""
+    from network import CheckpointError, load_checkpoint
+    from network.checkpoint import read_checkpoint
+
+    last = Path(cfg.train.result_dir) / ckpt_io.LAST
+    resume = cfg.train.resume or (str(last) if last.is_file() and cfg.eval.eval is None else None)
+    if resume:
+        ckpt = read_checkpoint(resume)
+        if not ckpt_io.is_training_checkpoint(ckpt):
+            raise CheckpointError(f"{resume} is not a training checkpoint written by train.py (format "
+                                  f"{ckpt.get('format')!r}, no optimizer/iteration); pass it as --snapshot "
+                                  "to load its weights only")
+        load_checkpoint(net, ckpt, strict=True)
+        return ckpt
+    path = expand_assets(cfg.model.snapshot, cfg.model.assets_path)
+    if path is None and cfg.eval.eval is not None:
+        for name in (ckpt_io.BEST, ckpt_io.LAST):
+            if (Path(cfg.train.result_dir) / name).is_file():
+                path = str(Path(cfg.train.result_dir) / name)
+                break
+    if path:
+        load_checkpoint(net, path, strict=cfg.eval.eval is not None)
+        _say(info, f"loaded weights from {path}")
+    elif cfg.eval.eval is not None:
+        warnings.warn("evaluating a model with random weights: no --snapshot, --resume or checkpoint "
+                      "in --result_dir", stacklevel=2)
+    return None
+
+
+# ----------------------------------------------------------------------------- training
+
+def _say(info: DistInfo, text: str) -> None:
+    if info.is_main:
+        print(text, flush=True)
+
+
+def train_step(run: Run, batches: Any) -> torch.Tensor:
+    """One optimizer step over ``accum`` micro-batches; returns the (local) loss."""
+    cfg, st, dev, p = run.cfg, run.state, run.info.device, run.precision
+    total = torch.zeros((), device=dev)
+    for micro in range(run.accum):
+        batch = next(batches)
+        x, y = batch["image"].to(dev, non_blocking=True), batch["mask"].to(dev, non_blocking=True)
+        if cfg.train.deterministic:  # dropout masks depend on the step, not on the RNG's history
+            torch.manual_seed(mix_seed(cfg.train.seed, st.iteration, micro * run.info.world_size + run.info.rank))
+        last = micro == run.accum - 1
+        sync = run.model.no_sync() if run.info.distributed and not last else contextlib.nullcontext()
+        with sync:
+            with p.autocast():
+                out = run.model(p.cast_input(x))
+            loss = run.criterion({k: v.float() for k, v in out.items()}, y) / run.accum
+            (run.scaler.scale(loss) if run.scaler else loss).backward()
+        total += loss.detach()
+    if run.scaler:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    return total
+
+
+def train_one_epoch(run: Run, epoch: int) -> bool:
+    """Train from the epoch's current position; True when stopped by a signal."""
+    cfg, st, info = run.cfg, run.state, run.info
+    run.sampler.set_epoch(epoch, start=st.consumed)
+    if cfg.data.class_uniform_pct and hasattr(run.sampler.inner, "class_uniform_pct"):
+        run.sampler.inner.class_uniform_pct = cfg.data.class_uniform_pct if epoch < cfg.train.max_cu_epoch else 0.0
+    run.model.train()
+    per_step = cfg.data.bs_trn * run.accum
+    steps = min(len(run.sampler) // per_step, run.total_iters - st.iteration)
+    batches = iter(run.train_loader)
+    bar = tqdm(range(steps), desc=f"epoch {epoch}", disable=not info.is_main, dynamic_ncols=True, leave=False)
+    for _ in bar:
+        loss = train_step(run, batches)
+        st.iteration += 1
+        st.consumed += per_step
+        if st.iteration % cfg.train.log_freq == 0 or st.iteration == run.total_iters:
+            value = float(mean_over_ranks(loss))
+            run.logger.train_step(st.iteration, value, run.optimizer.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
+        if any_rank(run.stop.requested, info.device):
+            return True
+        if cfg.train.ckpt_freq and st.iteration % cfg.train.ckpt_freq == 0:
+            save(run, ckpt_io.LAST)
+    return False
+
+
+def save(run: Run, name: str) -> None:
+    """Rank 0 writes ``name`` (last.pth / best.pth) atomically; every rank waits for it."""
+    st = run.state
+    if run.info.is_main:
+        ckpt = ckpt_io.build_checkpoint(
+            model=run.net, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
+            epoch=st.epoch, iteration=st.iteration, best_miou=st.best_miou, device=run.info.device,
+            sampler={"epoch": st.epoch, "consumed": st.consumed, "world_size": run.info.world_size,
+                     "state": _sampler_state(run)}, config=run.cfg.to_dict())
+        ckpt_io.save_checkpoint(ckpt, run.cfg.train.result_dir, name)
+    barrier()
+
+
+def _sampler_state(run: Run) -> Any:
+    inner = run.sampler.inner if run.sampler else None
+    return inner.state_dict() if hasattr(inner, "state_dict") else None
+
+
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    """Optimizer, schedule, scaler, position and RNG from a training checkpoint."""
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if run.scaler is not None and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    s = ckpt["sampler"]
+    if s.get("world_size", 1) != run.info.world_size and s["consumed"]:
+        warnings.warn(f"resuming mid-epoch with world size {run.info.world_size} instead of "
+                      f"{s['world_size']}: the rest of epoch {s['epoch']} is skipped", stacklevel=2)
+        s = {**s, "epoch": s["epoch"] + 1, "consumed": 0}
+    if s.get("state") is not None and hasattr(run.sampler.inner, "load_state_dict"):
+        run.sampler.inner.load_state_dict(s["state"])
+    run.state = State(epoch=s["epoch"], iteration=int(ckpt["iteration"]), consumed=s["consumed"],
+                      best_miou=float(ckpt.get("best_miou", -1.0)))
+    ckpt_io.restore_rng(ckpt["rng"], run.info.device)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, precision: Precision,
+             device: torch.device, scales: tuple[float, ...] | None = None, flip: bool = False,
+             dumper: ImageDumper | None = None, show: bool = True, ignore_index: int = 255) -> dict[str, Any]:
+    """Multi-scale / flip inference over ``loader``; a confusion matrix summed over ranks."""
+    from network import predict
+
+    cm = ConfusionMatrix(num_classes, ignore_index, device)
+    for batch in tqdm(loader, desc="eval", disable=not show, dynamic_ncols=True, leave=False):
+        x = batch["image"].to(device, non_blocking=True)
+        with precision.autocast():
+            out = predict(model, precision.cast_input(x), scales=scales, flip=flip)
+        pred = out["pred"].argmax(1)
+        if "mask" in batch:
+            cm.update(batch["mask"].to(device, non_blocking=True), pred)
+        if dumper is not None and not dumper.done():
+            dumper.dump(batch, out, pred)
+    cm.all_reduce()
+    return cm.compute()
+
+
+def validate(run: Run, epoch: int, final: bool = False) -> dict[str, Any]:
+    """Evaluate, print the table, log, write metrics files, keep best.pth and its pictures."""
+    cfg, info, ds = run.cfg, run.info, run.val_ds
+    rd = Path(cfg.train.result_dir)
+    tmp = rd / (".val_images" if cfg.eval.eval is None else "best_images")
+    limit = None if cfg.eval.dump_all_images else cfg.eval.dump_num_images
+    dumper = ImageDumper(tmp, ds.palette, limit, cfg.eval.dump_assets, ds.ignore_index) if info.is_main else None
+    t0 = time.time()
+    metrics = evaluate(run.net, run.val_loader, ds.num_classes, run.precision, info.device,
+                       cfg.eval.n_scales, cfg.eval.do_flip, dumper, info.is_main, ds.ignore_index)
+    metrics.update(epoch=epoch, iteration=run.state.iteration, eval_seconds=round(time.time() - t0, 2),
+                   scales=list(cfg.eval.n_scales or ()), flip=cfg.eval.do_flip, precision=run.precision.describe())
+    improved = metrics["miou"] > run.state.best_miou
+    if improved:
+        run.state.best_miou = metrics["miou"]
+    if info.is_main:
+        run.logger.msg(f"epoch {epoch} iteration {run.state.iteration}: mIoU {100 * metrics['miou']:.2f}\n"
+                       + format_table(metrics, ds.class_names))
+        run.logger.val(epoch, metrics, ds.class_names)
+        for i, panel in enumerate(dumper.panels):
+            run.logger.image(f"val_images/{i}", panel, epoch)
+        write_metrics(rd, metrics, ds.class_names, {"best_miou": run.state.best_miou})
+        _keep_best_images(tmp, rd / "best_images", improved and cfg.eval.eval is None)
+    if improved and cfg.eval.eval is None:
+        save(run, ckpt_io.BEST)
+    return metrics
+
+
+def _keep_best_images(tmp: Path, best: Path, improved: bool) -> None:
+    if tmp == best or not tmp.exists():
+        return
+    if improved:
+        shutil.rmtree(best, ignore_errors=True)
+        tmp.rename(best)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- wiring
+
+def _setup_determinism(cfg: Config, info: DistInfo) -> None:
+    seed_all(mix_seed(cfg.train.seed, "init"))  # same initial weights on every rank
+    torch.backends.cudnn.benchmark = not cfg.train.deterministic
+    if cfg.train.deterministic:
+        torch.backends.cudnn.deterministic = True
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _runtime(cfg: Config, info: DistInfo, precision: Precision, accum: int, steps: int, total: int) -> dict[str, Any]:
+    return {"world_size": info.world_size, "backend": info.backend, "device": str(info.device),
+            "precision": precision.describe(), "bs_per_process": cfg.data.bs_trn, "accum_steps": accum,
+            "global_batch_size": cfg.data.bs_trn * accum * info.world_size, "crop_size": list(cfg.data.crop_size),
+            "steps_per_epoch": steps, "total_iters": total, "torch": torch.__version__}
+
+
+def _accum_steps(cfg: Config, info: DistInfo) -> int:
+    per = cfg.data.bs_trn * info.world_size
+    g = cfg.train.global_batch_size or per
+    if g % per:
+        raise ConfigError(f"--global_batch_size {g} must be a multiple of --bs_trn x world size "
+                          f"({cfg.data.bs_trn} x {info.world_size} = {per})")
+    return g // per
+
+
+def run_eval(run: Run) -> int:
+    metrics = validate(run, epoch=0, final=True)
+    _say(run.info, f"mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_acc']:.2f}")
+    return 0
+
+
+def run_training(run: Run, train_ds: Any, ckpt: dict[str, Any] | None) -> int:
+    cfg, info = run.cfg, run.info
+    run.train_loader, run.sampler = build_train_loader(cfg, info, train_ds)
+    run.accum = _accum_steps(cfg, info)
+    steps = len(run.sampler.inner) // (cfg.data.bs_trn * run.accum)
+    if steps < 1:
+        raise ConfigError(f"--bs_trn {cfg.data.bs_trn} x accumulation {run.accum} exceeds the "
+                          f"{len(run.sampler.inner)} training samples per process")
+    run.total_iters = min(cfg.train.max_iter or 10**12, cfg.train.max_epoch * steps)
+    run.criterion = _build_criterion(cfg, train_ds)
+    run.optimizer = build_optimizer(cfg.optim.optimizer, run.model.parameters(), cfg.optim.lr,
+                                    cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.amsgrad)
+    run.scheduler = poly_schedule(run.optimizer, run.total_iters, cfg.optim.poly_exp)
+    run.scaler = run.precision.make_scaler()
+    if ckpt is not None:
+        restore(run, ckpt)
+        _say(info, f"resumed at epoch {run.state.epoch}, iteration {run.state.iteration}")
+    if info.is_main:
+        save_config(cfg, Path(cfg.train.result_dir) / "config.json",
+                    _runtime(cfg, info, run.precision, run.accum, steps, run.total_iters))
+    return _epochs(run)
+
+
+def _epochs(run: Run) -> int:
+    cfg, st = run.cfg, run.state
+    with run.stop:
+        while st.epoch < cfg.train.max_epoch and st.iteration < run.total_iters:
+            if train_one_epoch(run, st.epoch):
+                save(run, ckpt_io.LAST)
+                _say(run.info, f"stopped by signal {run.stop.signum} at iteration {st.iteration}; "
+                     f"wrote last.pth, exit {EXIT_REQUEUE}")
+                return EXIT_REQUEUE
+            epoch, st.epoch, st.consumed = st.epoch, st.epoch + 1, 0
+            done = st.epoch >= cfg.train.max_epoch or st.iteration >= run.total_iters
+            if done or (epoch + 1) % cfg.train.val_freq == 0:
+                validate(run, epoch, final=done)
+            save(run, ckpt_io.LAST)
+    return 0
+
+
+def _build_criterion(cfg: Config, ds: Any) -> nn.Module:
+    from loss import SegLoss
+
+    lo = cfg.loss
+    return SegLoss(ds.num_classes, ignore_index=ds.ignore_index, rmi=lo.rmi_loss, img_wt=lo.img_wt_loss,
+                   aux_weight=lo.ocr_alpha, mscale_weight=lo.supervised_mscale_loss_wt or 0.0,
+                   ocr_aux_rmi=lo.ocr_aux_loss_rmi)
+
+
+def main(cfg: Config) -> int:
+    """Wire the builders and run training or evaluation; returns the exit status."""
+    if cfg.eval.eval == "folder":
+        return eval_folder(cfg)
+    info = init_distributed(cfg.train.device)
+    try:
+        _setup_determinism(cfg, info)
+        Path(cfg.train.result_dir).mkdir(parents=True, exist_ok=True)
+        precision = resolve_precision(cfg.amp_level, info.device)
+        train_ds, val_ds = build_datasets(cfg, train=cfg.eval.eval is None)
+        net = build_model(cfg, val_ds.num_classes)
+        ckpt = load_weights(cfg, net, info)
+        model, net = place_model(cfg, net, info, precision)
+        run = Run(cfg, info, precision, model, net, val_ds=val_ds, val_loader=build_val_loader(cfg, info, val_ds),
+                  logger=RunLogger(cfg.train.result_dir, info.rank, cfg.flags()))
+        _say(info, f"{cfg.model.arch} on {info.device} x{info.world_size}, {precision.describe()}, "
+             f"result_dir {cfg.train.result_dir}")
+        try:
+            return run_eval(run) if cfg.eval.eval else run_training(run, train_ds, ckpt)
+        finally:
+            run.logger.close()
+    finally:
+        cleanup()
+
+
+def eval_folder(cfg: Config) -> int:
+    """``--eval folder``: folder inference lives in predict.py (shared with its own CLI)."""
+    try:
+        import predict
+    except ImportError as e:
+        raise ConfigError("--eval folder needs predict.py (folder inference), which is missing") from e
+    return int(predict.run_from_train_config(cfg) or 0)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    try:
+        return main(parse_config(argv))
+    except ConfigError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
