@@ -122,6 +122,10 @@ class EvalConfig:
     dump_assets: bool = _f(False, "also write attention maps per scale")
     dump_all_images: bool = _f(False, "write pictures for every image, not a few")
     dump_num_images: int = _f(8, "pictures written when not --dump_all_images")
+    subdirs: str | None = _f(None, "--eval folder: top-level subdirectories, e.g. 939-986")
+    shard: str | None = _f(None, "--eval folder: INDEX/COUNT (default: Slurm array / ranks)")
+    infer_short_side: int | None = _f(None, "--eval folder: resize the shorter side to this")
+    probs: bool = _f(False, "--eval folder: also write per-class probabilities")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,
@@ -312,6 +316,8 @@ def _validate_train_eval(t: TrainConfig, e: EvalConfig, d: DataConfig) -> None:
            "set with --eval folder", e.eval_folder)
     _check(e.n_scales is None or all(s > 0 for s in e.n_scales), "n_scales", "positive", e.n_scales)
     _check(e.dump_num_images >= 0, "dump_num_images", ">= 0", e.dump_num_images)
+    _check(e.infer_short_side is None or e.infer_short_side > 0, "infer_short_side", "> 0",
+           e.infer_short_side)
 
 
 def validate(cfg: Config) -> None:

@@ -444,12 +444,33 @@ def main(cfg: Config) -> int:
 
 
 def eval_folder(cfg: Config) -> int:
-    """``--eval folder``: folder inference lives in predict.py (shared with its own CLI)."""
+    """``--eval folder``: predict.py's resumable, sharded folder inference with this config's model."""
+    import predict
+    from network import load_checkpoint
+    from network.checkpoint import read_checkpoint
+
+    snapshot = expand_assets(cfg.model.snapshot, cfg.model.assets_path)
+    ckpt = read_checkpoint(snapshot) if snapshot else None
+    num_classes = int((ckpt or {}).get("num_classes") or (65 if cfg.data.dataset == "mapillary" else 19))
+    net = build_model(cfg, num_classes)
+    if ckpt is not None:
+        load_checkpoint(net, ckpt)
+    device = torch.device("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    e = cfg.eval
+    opts = predict.PredictOptions(
+        eval_folder=e.eval_folder, result_dir=cfg.train.result_dir, subdirs=e.subdirs, shard=e.shard,
+        infer_short_side=e.infer_short_side, batch_size=cfg.data.bs_val, workers=cfg.data.num_workers,
+        scales=e.n_scales, flip=e.do_flip, amp=cfg.amp_level != "O0", overlay=e.dump_assets, probs=e.probs,
+        arch=cfg.model.arch, snapshot=snapshot)
+    palette, names = None, None
+    if cfg.data.dataset in ("cityscapes", "synthetic") and num_classes == 19:
+        from datasets.cityscapes_labels import CLASS_NAMES, PALETTE
+        palette, names = PALETTE, CLASS_NAMES
     try:
-        import predict
-    except ImportError as e:
-        raise ConfigError("--eval folder needs predict.py (folder inference), which is missing") from e
-    return int(predict.run_from_train_config(cfg) or 0)
+        summary = predict.predict_folder(net.to(device), opts, palette=palette, class_names=names, device=device)
+    except (predict.PredictError, ValueError) as err:
+        raise ConfigError(f"--eval folder: {err}") from err
+    return 0 if summary.ok else predict.EXIT_TOO_MANY_FAILURES
 
 
 def cli(argv: list[str] | None = None) -> int:
