@@ -1,0 +1,256 @@
+"""Turn expanded runs into run directories, local processes, or Slurm job arrays via submitit.
+
+Per run: ``<logdir>/code`` (snapshot of the code, as runx makes it), ``hparams.json``,
+``command.sh`` (the exact command, every value quoted) and, once submitted, ``sbatch.sh`` (the
+script Slurm received) and ``slurm.log`` (a link to the job's output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .expand import Run
+from .resources import FarmSpec, submitit_parameters
+from .task import RunTask, TaskSpec
+
+PREEMPT_SIGNAL = "USR1"  # what train.py checkpoints on (with SIGTERM)
+LAUNCHERS = {"torchrun", "torch.distributed.run", "torch.distributed.launch"}
+_LAUNCHER_FLAGS = {"--standalone", "--no_python", "--no-python", "--run_path", "--run-path",
+                   "--module", "-m", "--use_env", "--use-env"}
+DATA_ENV = ("CITYSCAPES_ROOT", "MAPILLARY_ROOT", "SYNTHETIC_ROOT", "ASSETS_PATH", "DATA_ROOT")
+
+
+class LaunchError(RuntimeError):
+    """Preparing or submitting runs failed; the message names the run and the cause."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A run with the settings it is submitted with."""
+
+    run: Run
+    spec: FarmSpec
+    logroot: str
+
+    @property
+    def code_dir(self) -> str:
+        return os.path.join(self.run.logdir, "code")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def strip_launcher(argv: Sequence[str]) -> list[str]:
+    """``torchrun [opts] train.py args`` -> ``python train.py args`` (Slurm starts one task per
+    GPU and :func:`sbatch.task.distributed_env` gives each its rank)."""
+    argv = list(argv)
+    if argv[:2] == ["python", "-m"] or (len(argv) > 2 and argv[1] == "-m" and "python" in argv[0]):
+        head, rest = argv[2:3], argv[3:]
+    else:
+        head, rest = [os.path.basename(argv[0])], argv[1:]
+    if not head or head[0] not in LAUNCHERS:
+        return argv
+    module = False
+    while rest and rest[0].startswith("-"):
+        opt = rest.pop(0)
+        module |= opt in ("--module", "-m")
+        if "=" not in opt and opt not in _LAUNCHER_FLAGS and rest:
+            rest.pop(0)
+    if not rest:
+        raise LaunchError(f"no program after the launcher in {shlex.join(argv)}")
+    return ["python", "-m", *rest] if module else ["python", *rest]
+
+
+def container_argv(argv: Sequence[str], spec: FarmSpec, *, binds: Sequence[str], cwd: str) -> list[str]:
+    """``apptainer exec --nv --bind a,b --pwd CWD IMAGE argv...`` (Apptainer's documented CLI;
+    the host environment passes through, as Apptainer does by default)."""
+    if not spec.image:
+        return list(argv)
+    uniq = list(dict.fromkeys(b for b in binds if b))
+    cmd = [spec.container_runtime, "exec"]
+    cmd += ["--nv"] if spec.container_nv else []
+    cmd += ["--bind", ",".join(uniq)] if uniq else []
+    return [*cmd, "--pwd", cwd, spec.image, *argv]
+
+
+def default_binds(logroot: str, spec: FarmSpec, environ: dict[str, str]) -> list[str]:
+    data = [environ[k] for k in DATA_ENV if environ.get(k)]
+    return [logroot, *data, *spec.binds]
+
+
+def task_spec(planned: Planned, environ: dict[str, str] | None = None) -> TaskSpec:
+    environ = dict(os.environ if environ is None else environ)
+    run, spec = planned.run, planned.spec
+    argv = strip_launcher(run.argv)
+    argv = container_argv(argv, spec, binds=default_binds(planned.logroot, spec, environ),
+                          cwd=planned.code_dir)
+    env = {**run.env, "PYTHONPATH": planned.code_dir}
+    return TaskSpec(name=run.name, logdir=run.logdir, argv=argv, cwd=planned.code_dir, env=env,
+                    max_requeue=spec.max_requeue)
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def snapshot_code(src: Path, dst: Path, patterns: Sequence[str]) -> None:
+    """runx's copy of the code into ``<logdir>/code`` (``CODE_IGNORE_PATTERNS`` left out)."""
+    if dst.exists():
+        return  # a resubmitted run keeps the code it started with
+    try:
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*patterns), symlinks=True)
+    except (OSError, shutil.Error) as e:
+        raise LaunchError(f"copying {src} to {dst} failed: {e}") from e
+
+
+def write_run_files(planned: Planned, code_root: Path, patterns: Sequence[str]) -> None:
+    from utils.io import atomic_write_json, atomic_write_text
+
+    run = planned.run
+    logdir = Path(run.logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    snapshot_code(code_root, Path(planned.code_dir), patterns)
+    if not (logdir / "hparams.json").exists():
+        atomic_write_json(logdir / "hparams.json", {**run.hparams, "srcdir": str(code_root)})
+    atomic_write_text(logdir / "command.sh", "#!/bin/sh\n# the run's exact command (runx semantics)\n"
+                      f"cd {shlex.quote(planned.code_dir)} && PYTHONPATH={shlex.quote(planned.code_dir)} "
+                      f"exec {run.command}\n")
+
+
+# ---------------------------------------------------------------- local (-i)
+
+
+def run_local(plans: Sequence[Planned], *, keep_going: bool, code_root: Path,
+              patterns: Sequence[str]) -> int:
+    """Run in order on this machine; stop at the first failure unless ``keep_going``.
+    Returns the number of failed runs."""
+    failed = 0
+    for i, planned in enumerate(plans):
+        run = planned.run
+        write_run_files(planned, code_root, patterns)
+        print(f"[sbatch] run {i + 1}/{len(plans)} {run.name}: {run.command}", flush=True)
+        env = {**os.environ, **run.env, "PYTHONPATH": planned.code_dir}
+        try:
+            code = subprocess.call(list(run.argv), cwd=planned.code_dir, env=env)
+        except OSError as e:
+            print(f"[sbatch] {run.name}: cannot start {run.argv[0]!r}: {e}", file=sys.stderr)
+            code = 127
+        if code != 0:
+            failed += 1
+            print(f"[sbatch] {run.name} FAILED with exit status {code}", file=sys.stderr, flush=True)
+            if not keep_going:
+                break
+    return failed
+
+
+# ---------------------------------------------------------------- Slurm
+
+
+def group_plans(plans: Sequence[Planned]) -> list[list[Planned]]:
+    """Runs with identical resources go into one job array, in order of first appearance."""
+    groups: dict[FarmSpec, list[Planned]] = {}
+    for planned in plans:
+        groups.setdefault(planned.spec, []).append(planned)
+    return list(groups.values())
+
+
+def _comment(text: str) -> str:
+    """A script comment that cannot break out of its line."""
+    return "# " + text.encode("unicode_escape").decode("ascii")
+
+
+def setup_lines(group: Sequence[Planned], manifest: str) -> list[str]:
+    lines = [f"export SUBMITIT_PREEMPT_SIGNAL={PREEMPT_SIGNAL}", _comment(f"manifest: {manifest}")]
+    for i, planned in enumerate(group[:20]):
+        lines.append(_comment(f"task {i}: {planned.run.name}: {planned.run.command}"))
+    if len(group) > 20:
+        lines.append(_comment(f"... {len(group) - 20} more tasks: see the manifest"))
+    return lines
+
+
+def executor_for(group: Sequence[Planned], folder: Path, manifest: str):
+    import submitit
+
+    spec = group[0].spec
+    executor = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=spec.max_requeue)
+    params = submitit_parameters(spec, job_name=group[0].run.exp_name, preempt_signal=PREEMPT_SIGNAL)
+    executor.update_parameters(**params, setup=setup_lines(group, manifest))
+    return executor
+
+
+def render_script(group: Sequence[Planned], folder: Path, manifest: str) -> str:
+    """The sbatch script that submitting ``group`` would send (one array when > 1 run)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    executor = executor_for(group, folder, manifest)
+    params = dict(executor.parameters)
+    if len(group) > 1:
+        params["map_count"] = len(group)
+    return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **params)
+
+
+def submit_group(group: Sequence[Planned], folder: Path, manifest: str) -> list:
+    """Submit one group as a job array (or a single job) and return submitit's jobs."""
+    import cloudpickle
+
+    from . import task as task_module
+
+    cloudpickle.register_pickle_by_value(task_module)
+    executor = executor_for(group, folder, manifest)
+    try:
+        return executor.map_array(RunTask(), [task_spec(p) for p in group])
+    except Exception as e:  # submitit raises bare Exceptions / FailedJobError on sbatch errors
+        raise LaunchError(f"submitting {len(group)} runs of {group[0].run.exp_name} failed: {e}") from e
+
+
+def record_submission(planned: Planned, job, folder: Path) -> dict:
+    """Write ``sbatch.sh`` and ``slurm.log`` into the run directory; return the manifest entry."""
+    logdir = Path(planned.run.logdir)
+    paths = job.paths
+    shutil.copyfile(submission_file(folder, str(job.job_id)), logdir / "sbatch.sh")
+    link = logdir / "slurm.log"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(paths.stdout)
+    entry = {"name": planned.run.name, "logdir": planned.run.logdir, "job_id": job.job_id,
+             "command": planned.run.command, "argv": list(planned.run.argv), "env": planned.run.env,
+             "hparams": planned.run.hparams, "resources": dataclasses.asdict(planned.spec),
+             "log": str(paths.stdout)}
+    return entry
+
+
+def print_jobs(entries: Sequence[dict]) -> None:
+    for e in entries:
+        print(f"{e['job_id']}\t{e['name']}\t{e['logdir']}")
+    sys.stdout.flush()
+
+
+def dump(obj: object) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+def planned_from_entry(entry: dict, logroot: Path) -> Planned:
+    """Rebuild a run from its manifest entry (for ``resubmit``): same directory, same command."""
+    from .resources import farm_spec
+
+    logdir = entry["logdir"]
+    exp_name = Path(logdir).parent.name
+    run = Run(exp_name=exp_name, name=entry["name"], logdir=logdir,
+              job_name=f"{exp_name}_{entry['name']}", hparams=entry.get("hparams", {}),
+              argv=tuple(entry["argv"]), env=dict(entry.get("env", {})))
+    return Planned(run=run, spec=farm_spec(entry["resources"]), logroot=str(logroot))
+
+
+def submission_file(folder: Path, job_id: str) -> Path:
+    """The script submitit sent for ``job_id`` (array tasks share their array's script)."""
+    from submitit.core.utils import JobPaths
+
+    return JobPaths(folder / "%j", job_id=job_id.split("_")[0]).submission_file

@@ -1,0 +1,177 @@
+"""The experiment manifest (``<LOGROOT>/<exp>/manifest.json``) and what is read back from Slurm.
+
+The manifest lists every submitted run with its job id (``123`` or ``123_4`` for an array task),
+the exact command and resources, and the job ids of earlier submissions of the same run. States
+come from one batched ``sacct`` call (accounting) with a ``squeue`` fallback; the command's own
+exit status from the run's ``slurm_events.jsonl``; the last metric from its ``metrics.json`` or
+runx ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+TERMINAL_OK = {"COMPLETED"}
+FAILED_STATES = {"FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                 "DEADLINE", "PREEMPTED"}
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                 "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+METRIC_KEYS = ("mean_iu", "miou", "mIoU", "val/mean_iu", "best_miou")
+
+
+class ManifestError(RuntimeError):
+    """No manifest, or Slurm's accounting cannot be read; the message says where it looked."""
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    name: str
+    job_id: str
+    state: str
+    exit_code: str
+    metric: str
+    logdir: str
+
+    def line(self) -> str:
+        return f"{self.name:40s} {self.job_id:>12s} {self.state:10s} exit={self.exit_code:6s} {self.metric}"
+
+
+def manifest_path(exp_dir: Path) -> Path:
+    return Path(exp_dir) / "manifest.json"
+
+
+def load(exp_dir: Path) -> dict:
+    path = manifest_path(exp_dir)
+    if not path.exists():
+        raise ManifestError(f"no manifest at {path}: was the experiment submitted with python -m sbatch?")
+    return json.loads(path.read_text())
+
+
+def add_runs(exp_dir: Path, entries: Sequence[dict]) -> Path:
+    """Add or update runs (by name) in the manifest; earlier job ids move to ``history``."""
+    from utils.io import atomic_write_json
+
+    path = manifest_path(exp_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        data = json.loads(path.read_text()) if path.exists() else {"experiment": Path(exp_dir).name, "runs": []}
+        by_name = {r["name"]: r for r in data["runs"]}
+        for entry in entries:
+            old = by_name.get(entry["name"])
+            if old is None:
+                data["runs"].append({**entry, "history": [], "submitted": time.time()})
+            else:
+                history = [*old.get("history", []), old["job_id"]]
+                old.update({**entry, "history": history, "submitted": time.time()})
+        atomic_write_json(path, data)
+    return path
+
+
+def _sacct(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """JobID -> (State, ExitCode) for the given jobs and array tasks, one sacct call."""
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    if not bases:
+        return {}
+    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode", "-j", ",".join(bases)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ManifestError(f"{' '.join(cmd[:2])} failed ({e}); is SLURM_CONF set and accounting up?") from e
+    states: dict[str, tuple[str, str]] = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 3:
+            for jid in _expand_array_id(parts[0]):
+                states[jid] = (parts[1].split()[0], parts[2])
+    return states
+
+
+def _expand_array_id(jid: str) -> list[str]:
+    """``12_[0-3,7%2]`` (pending tasks shown as one line) -> ``12_0 .. 12_3, 12_7``."""
+    m = re.match(r"^(\d+)_\[([^\]]+)\]$", jid)
+    if not m:
+        return [jid]
+    out = []
+    for part in m.group(2).split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def last_metric(logdir: Path) -> str:
+    final = logdir / "metrics.json"
+    if final.exists():
+        try:
+            data = json.loads(final.read_text())
+        except (OSError, json.JSONDecodeError):
+            data = {}
+        for key in METRIC_KEYS:
+            if isinstance(data.get(key), (int, float)):
+                return f"{key}={data[key]:.4f}"
+    return _last_csv_metric(logdir / "metrics.csv")
+
+
+def _last_csv_metric(path: Path) -> str:
+    """runx logx writes ``phase,key,value,key,value...`` rows; show the last val metric."""
+    if not path.exists():
+        return ""
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except OSError:
+        return ""
+    for row in reversed(rows):
+        pairs = dict(zip(row[1::2], row[2::2], strict=False))
+        for key in METRIC_KEYS:
+            if key in pairs:
+                return f"{key}={float(pairs[key]):.4f}"
+    return ""
+
+
+def command_exit(logdir: Path) -> str:
+    """The command's own exit status from the last ``exit`` event ('' if it never exited)."""
+    path = logdir / "slurm_events.jsonl"
+    if not path.exists():
+        return ""
+    code = ""
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == "exit":
+            code = str(event.get("returncode"))
+    return code
+
+
+def statuses(exp_dir: Path) -> list[RunStatus]:
+    runs = load(exp_dir)["runs"]
+    states = _sacct(r["job_id"] for r in runs)
+    out = []
+    for r in runs:
+        state, slurm_exit = states.get(r["job_id"], ("UNKNOWN", ""))
+        code = command_exit(Path(r["logdir"])) or slurm_exit.split(":")[0]
+        out.append(RunStatus(name=r["name"], job_id=r["job_id"], state=state, exit_code=code,
+                             metric=last_metric(Path(r["logdir"])), logdir=r["logdir"]))
+    return out
+
+
+def cancel(exp_dir: Path) -> list[str]:
+    """``scancel`` every job of the experiment that is not finished; returns the ids."""
+    runs = load(exp_dir)["runs"]
+    states = _sacct(r["job_id"] for r in runs)
+    ids = [r["job_id"] for r in runs if states.get(r["job_id"], ("PENDING",))[0] not in
+           TERMINAL_OK | FAILED_STATES]
+    if ids:
+        done = subprocess.run(["scancel", *ids], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ManifestError(f"scancel {' '.join(ids)} failed: {done.stderr.strip()}")
+    return ids

@@ -1,0 +1,159 @@
+"""What runs inside a Slurm job: one run's command, on the host side of the container.
+
+submitit starts one Python process per Slurm task (``srun``); each calls :class:`RunTask` with
+its run's :class:`TaskSpec`. The command is started as an argv list (no shell), inside the
+container when the farm has an ``image``; the torch.distributed variables come from Slurm.
+
+Requeue happens here, on the host, where ``scontrol`` exists (it usually does not inside an
+image):
+- Slurm's warning signal (``--signal=USR1@N``) reaches every process of the step: the training
+  program checkpoints and exits 75; submitit calls :meth:`RunTask.checkpoint`, which waits for
+  the program and lets submitit requeue the job.
+- A program that exits 75 on its own (SIGTERM from ``scontrol requeue``/preemption, or USR1) is
+  requeued by :meth:`RunTask.__call__` while ``SLURM_RESTART_COUNT < max_requeue``.
+- Any other non-zero exit raises :class:`CommandFailedError`: submitit exits non-zero and Slurm
+  records the job as FAILED.
+
+This module is pickled by value into the job (only the standard library and submitit are
+imported), so the job does not depend on where this repository lives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+EX_REQUEUE = 75  # train.py: "checkpointed, requeue me" (EX_TEMPFAIL)
+
+
+class CommandFailedError(RuntimeError):
+    """The run's command exited non-zero (and not with the requeue status)."""
+
+
+@dataclass
+class TaskSpec:
+    """One run as the job executes it."""
+
+    name: str
+    logdir: str
+    argv: list[str]
+    cwd: str
+    env: dict[str, str] = field(default_factory=dict)
+    max_requeue: int = 3
+    grace_s: float = 60.0  # how long checkpoint() waits for the program to save and exit
+
+
+def distributed_env(environ: dict[str, str]) -> dict[str, str]:
+    """torch.distributed's env:// variables, derived from Slurm's task variables."""
+    if "SLURM_PROCID" not in environ:
+        return {}
+    ntasks = environ.get("SLURM_NTASKS", "1")
+    nodes = expand_nodelist(environ.get("SLURM_JOB_NODELIST", socket.gethostname()))
+    job = environ.get("SLURM_ARRAY_JOB_ID") or environ.get("SLURM_JOB_ID", "0")
+    task = environ.get("SLURM_ARRAY_TASK_ID", "0")
+    per_node = environ.get("SLURM_NTASKS_PER_NODE", ntasks).split("(")[0]
+    return {"RANK": environ["SLURM_PROCID"], "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+            "WORLD_SIZE": ntasks, "LOCAL_WORLD_SIZE": per_node, "MASTER_ADDR": nodes[0],
+            "MASTER_PORT": str(20000 + (int(job) * 7 + int(task)) % 20000)}
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """``gpu[01-02],cpu3`` -> ``['gpu01', 'gpu02', 'cpu3']`` (what ``scontrol show hostnames`` does)."""
+    hosts: list[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(nodelist + ","):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            hosts += _expand_group(nodelist[start:i])
+            start = i + 1
+    return [h for h in hosts if h]
+
+
+def _expand_group(group: str) -> list[str]:
+    if "[" not in group:
+        return [group]
+    prefix, _, rest = group.partition("[")
+    ranges, _, suffix = rest.partition("]")
+    out = []
+    for part in ranges.split(","):
+        lo, _, hi = part.partition("-")
+        for n in range(int(lo), int(hi or lo) + 1):
+            out.append(f"{prefix}{n:0{len(lo)}d}{suffix}")
+    return out
+
+
+def slurm_job_id(environ: dict[str, str]) -> str:
+    if "SLURM_ARRAY_JOB_ID" in environ:
+        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+    return environ.get("SLURM_JOB_ID", "")
+
+
+def record(logdir: str, **fields: object) -> None:
+    """Append one event to ``<logdir>/slurm_events.jsonl`` (what ``status`` reads)."""
+    fields = {"time": time.time(), "host": socket.gethostname(), **fields}
+    os.makedirs(logdir, exist_ok=True)
+    with open(os.path.join(logdir, "slurm_events.jsonl"), "a") as f:
+        f.write(json.dumps(fields) + "\n")
+
+
+class RunTask:
+    """The callable submitit pickles: runs one :class:`TaskSpec` and handles requeue."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._proc = None
+
+    def __call__(self, spec: TaskSpec) -> int:
+        environ = dict(os.environ)
+        env = {**environ, **spec.env, **distributed_env(environ)}
+        restarts = int(environ.get("SLURM_RESTART_COUNT", "0"))
+        rank0 = env.get("RANK", "0") == "0"
+        if rank0:
+            record(spec.logdir, event="start", job_id=slurm_job_id(environ), restart=restarts)
+        self._proc = subprocess.Popen(spec.argv, cwd=spec.cwd, env=env)
+        code = self._proc.wait()
+        if rank0:
+            record(spec.logdir, event="exit", job_id=slurm_job_id(environ), returncode=code,
+                   restart=restarts)
+        if code == 0:
+            return 0
+        if code == EX_REQUEUE and restarts < spec.max_requeue:
+            if rank0:
+                self._requeue(environ)
+            return code
+        why = "asked for a requeue but the bound is reached" if code == EX_REQUEUE else "failed"
+        raise CommandFailedError(f"{spec.name}: command {why} (exit status {code}, "
+                                 f"{restarts} requeues so far)")
+
+    def checkpoint(self, spec: TaskSpec) -> object:
+        """submitit's hook on the warning signal: let the program save, then requeue."""
+        import submitit
+
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)  # in case the signal did not reach it directly
+            try:
+                proc.wait(timeout=spec.grace_s)
+            except subprocess.TimeoutExpired:
+                print(f"[sbatch] {spec.name}: no exit {spec.grace_s}s after the signal", file=sys.stderr)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        if restarts >= spec.max_requeue:
+            return None  # submitit then ends the job as failed
+        return submitit.helpers.DelayedSubmission(self, spec)
+
+    @staticmethod
+    def _requeue(environ: dict[str, str]) -> None:
+        job_id = slurm_job_id(environ)
+        done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+        print(f"[sbatch] requeue {job_id}: rc={done.returncode} {done.stderr.strip()}", file=sys.stderr)
