@@ -87,9 +87,8 @@ def _dataset_options(cfg: Config) -> dict[str, Any]:
 
 
 def build_datasets(cfg: Config, train: bool) -> tuple[Any, Any]:
-    from datasets.transforms import build_eval_transform, build_train_transform
-
     from datasets import build_dataset
+    from datasets.transforms import build_eval_transform, build_train_transform
 
     d = cfg.data
     val_split = "train" if cfg.eval.eval == "trn" else "val"
@@ -426,6 +425,8 @@ def main(cfg: Config) -> int:
     try:
         _setup_determinism(cfg, info)
         Path(cfg.train.result_dir).mkdir(parents=True, exist_ok=True)
+        if info.is_main:
+            ckpt_io.remove_stale_temps(cfg.train.result_dir)
         precision = resolve_precision(cfg.amp_level, info.device)
         train_ds, val_ds = build_datasets(cfg, train=cfg.eval.eval is None)
         net = build_model(cfg, val_ds.num_classes)

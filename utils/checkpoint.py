@@ -77,5 +77,13 @@ def save_checkpoint(ckpt: dict[str, Any], result_dir: str | Path, name: str = LA
     return dest
 
 
+def remove_stale_temps(result_dir: str | Path) -> list[Path]:
+    """Delete temporary files left by a writer that was killed mid-write (only rank 0 writes)."""
+    stale = [p for name in (LAST, BEST) for p in Path(result_dir).glob(f".{name}.*.tmp*")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def is_training_checkpoint(ckpt: dict[str, Any]) -> bool:
     return ckpt.get("format") == FORMAT and "optimizer" in ckpt and "iteration" in ckpt

@@ -1,0 +1,96 @@
+"""config.py: reference flags parsed into typed dataclasses, validation naming the flag."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from config import Config, ConfigError, expand_assets, parse_config, save_config
+
+REFERENCE_EVAL = ["--dataset", "mapillary", "--syncbn", "--apex", "--fp16", "--bs_val", "1", "--eval", "val",
+                  "--pre_size", "2177", "--amp_opt_level", "O3", "--n_scales", "0.25,0.5,1.0,2.0", "--do_flip",
+                  "--snapshot", "ASSETS_PATH/seg_weights/x.pth", "--arch", "ocrnet.HRNet_Mscale",
+                  "--result_dir", "/tmp/r"]
+REFERENCE_TRAIN = ["--dataset", "cityscapes", "--cv", "0", "--syncbn", "--apex", "--fp16", "--crop_size",
+                   "1024,2048", "--bs_trn", "1", "--poly_exp", "2", "--lr", "1e-2", "--max_epoch", "175",
+                   "--max_cu_epoch", "150", "--rmi_loss", "--n_scales", "0.5,1.0,2.0",
+                   "--supervised_mscale_loss_wt", "0.05", "--arch", "ocrnet.HRNet_Mscale",
+                   "--coarse_boost_classes", "3,4,6,7,9,11,12,13,14,15,16,17,18",
+                   "--custom_coarse_dropout_classes", "14,15,16", "--mask_out_cityscapes",
+                   "--custom_coarse_prob", "0.5", "--gblur", "--lr_schedule", "poly", "--optimizer", "sgd",
+                   "--img_wt_loss", "--trunk", "hrnetv2", "--scale_min", "0.5", "--scale_max", "2.0",
+                   "--color_aug", "0.25", "--class_uniform_pct", "0.5", "--class_uniform_tile", "1024",
+                   "--weight_decay", "1e-4", "--momentum", "0.9", "--num_workers", "4", "--deterministic",
+                   "--val_freq", "1", "--max_iter", "100", "--mscale_lo_scale", "0.5", "--dump_assets",
+                   "--dump_all_images", "--resume", "x.pth"]
+
+
+def test_reference_yaml_flags_parse_into_types():
+    cfg = parse_config(REFERENCE_TRAIN)
+    assert cfg.data.crop_size == (1024, 2048)
+    assert cfg.eval.n_scales == (0.5, 1.0, 2.0)
+    assert cfg.data.coarse_boost_classes[:3] == (3, 4, 6)
+    assert cfg.loss.supervised_mscale_loss_wt == pytest.approx(0.05)
+    assert cfg.optim.lr == pytest.approx(0.01) and cfg.optim.poly_exp == 2.0
+    assert cfg.amp_level == "O1"  # --fp16 without a level: native autocast O1
+    ev = parse_config(REFERENCE_EVAL)
+    assert ev.amp_level == "O3" and ev.eval.eval == "val" and ev.eval.do_flip
+    assert ev.eval.n_scales == (0.25, 0.5, 1.0, 2.0)
+
+
+def test_defaults_and_square_crop():
+    cfg = parse_config(["--crop_size", "512"])
+    assert cfg.data.crop_size == (512, 512)
+    assert cfg.amp_level == "O0" and cfg.eval.n_scales is None
+    assert parse_config(["--local-rank=3"]).train.local_rank == 3
+
+
+def test_round_trip_through_dict():
+    cfg = parse_config(REFERENCE_TRAIN)
+    again = Config.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--lrr", "0.1"], "unknown flag --lrr; did you mean --lr"),
+    (["--n_scale", "0.5"], "did you mean --n_scales"),
+    (["--lr", "abc"], "--lr"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--amp_opt_level", "O5"], "--amp_opt_level"),
+    (["--crop_size", "1,2,3"], "--crop_size"),
+    (["--n_scales", "0.5,x"], "--n_scales"),
+    (["--scale_min", "2", "--scale_max", "1"], "--scale_max must be >="),
+    (["--class_uniform_pct", "1.5"], "--class_uniform_pct"),
+    (["--eval", "folder"], "--eval_folder"),
+    (["--optimizer", "lamb"], "--optimizer"),
+    (["--bs_trn", "2", "--global_batch_size", "3"], "--global_batch_size"),
+])
+def test_bad_flags_fail_naming_the_flag(argv, needle):
+    with pytest.raises(ConfigError, match=None) as e:
+        parse_config(argv)
+    assert needle in str(e.value)
+
+
+def test_train_cli_exits_2_on_bad_flag(capsys):
+    from train import cli
+
+    assert cli(["--max_epochs", "3"]) == 2
+    assert "did you mean --max_epoch" in capsys.readouterr().err
+
+
+def test_assets_path_expansion(monkeypatch, tmp_path):
+    monkeypatch.setenv("ASSETS_PATH", str(tmp_path))
+    assert expand_assets("ASSETS_PATH/seg_weights/a.pth") == f"{tmp_path}/seg_weights/a.pth"
+    assert expand_assets("ASSETS_PATH/a.pth", "/other") == "/other/a.pth"
+    monkeypatch.delenv("ASSETS_PATH")
+    with pytest.raises(ConfigError, match="ASSETS_PATH"):
+        expand_assets("ASSETS_PATH/a.pth")
+
+
+def test_save_config_writes_resolved_json(tmp_path):
+    cfg = parse_config(["--crop_size", "64,128", "--fp16"])
+    save_config(cfg, tmp_path / "config.json", {"world_size": 2, "global_batch_size": 8})
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert data["data"]["crop_size"] == [64, 128]
+    assert data["amp_level"] == "O1" and data["runtime"]["global_batch_size"] == 8
