@@ -1,0 +1,205 @@
+"""Joint image/mask transforms built on OpenCV.
+
+A transform is a callable ``t(image, mask, centroid=None) -> (image, mask)``:
+``image`` is an (H, W, 3) uint8 RGB array, ``mask`` an (H, W) uint8 train-id
+array or ``None`` (inference), ``centroid`` an optional ``(x, y)`` pixel of the
+*input* that the training crop must contain (class-uniform sampling). It
+returns a float ``(3, h, w)`` tensor normalised with the ImageNet mean/std and
+a long ``(h, w)`` tensor (or ``None``).
+
+Geometry follows the reference's ``RandomSizeAndCrop``: scale by a random
+factor (times the ``pre_size`` factor), pad to the crop size with the ignore
+label (black image), crop at random or so that it contains the centroid, then
+flip. Masks always use nearest-neighbour interpolation. Randomness comes from
+``torch``'s generator, which the DataLoader seeds per worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand(()))
+
+
+def _randint(lo: int, hi: int) -> int:
+    """An integer in ``[lo, hi]`` (both ends included)."""
+    return int(torch.randint(lo, hi + 1, ()))
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = (int(v) for v in size)
+    return h, w
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 RGB -> ImageNet-normalised float (3, H, W); uint8 mask -> long (H, W)."""
+    img = (image.astype(np.float32) * (1.0 / 255.0) - MEAN) / STD
+    img_t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    mask_t = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).long()
+    return img_t, mask_t
+
+
+def resize_long_edge(image: np.ndarray, mask: np.ndarray | None, long_edge: int):
+    """Resize so that the longer side equals ``long_edge`` (the reference's eval ``Scale``)."""
+    h, w = image.shape[:2]
+    scale = long_edge / max(h, w)
+    if scale == 1.0:
+        return image, mask
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    if mask is not None:
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+@dataclass
+class ColorJitter:
+    """Brightness, contrast, saturation and hue jitter (torchvision semantics), in OpenCV."""
+
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.25
+    hue: float = 0.25
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        ops = [self._brightness, self._contrast, self._saturation, self._hue]
+        img = image.astype(np.float32)
+        for i in torch.randperm(4).tolist():
+            img = ops[i](img)
+        return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+    @staticmethod
+    def _factor(amount: float) -> float:
+        return _uniform(max(0.0, 1.0 - amount), 1.0 + amount)
+
+    def _brightness(self, img: np.ndarray) -> np.ndarray:
+        return img * self._factor(self.brightness) if self.brightness else img
+
+    def _contrast(self, img: np.ndarray) -> np.ndarray:
+        if not self.contrast:
+            return img
+        mean = float(cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY).mean())
+        f = self._factor(self.contrast)
+        return img * f + mean * (1.0 - f)
+
+    def _saturation(self, img: np.ndarray) -> np.ndarray:
+        if not self.saturation:
+            return img
+        gray = cv2.cvtColor(np.clip(img, 0, 255), cv2.COLOR_RGB2GRAY)[..., None]
+        f = self._factor(self.saturation)
+        return img * f + gray * (1.0 - f)
+
+    def _hue(self, img: np.ndarray) -> np.ndarray:
+        if not self.hue:
+            return img
+        shift = _uniform(-min(self.hue, 0.5), min(self.hue, 0.5))
+        hsv = cv2.cvtColor(np.clip(img, 0, 255) / 255.0, cv2.COLOR_RGB2HSV)  # H in [0, 360)
+        hsv[..., 0] = (hsv[..., 0] + shift * 360.0) % 360.0
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0
+
+
+@dataclass
+class TrainTransform:
+    """Random scale, pad with ignore, crop (around a centroid if given), flip, colour, blur."""
+
+    crop_size: tuple[int, int]
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    ignore_index: int = 255
+    color_aug: float = 0.25
+    gblur: bool = False
+    pre_size: int | None = None
+    flip: bool = True
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None, centroid=None):
+        image, mask, centroid = self.scale(image, mask, centroid)
+        image, mask, centroid = self.pad(image, mask, centroid)
+        image, mask = self.crop(image, mask, centroid)
+        if self.flip and float(torch.rand(())) < 0.5:
+            image = np.ascontiguousarray(image[:, ::-1])
+            mask = None if mask is None else np.ascontiguousarray(mask[:, ::-1])
+        if self.color_aug > 0:
+            a = self.color_aug
+            image = ColorJitter(a, a, a, a)(image)
+        if self.gblur:
+            image = cv2.GaussianBlur(image, (0, 0), _uniform(0.15, 1.3))
+        return to_tensors(image, mask)
+
+    def scale(self, image, mask, centroid):
+        h, w = image.shape[:2]
+        s = _uniform(self.scale_min, self.scale_max)
+        if self.pre_size is not None:
+            s *= self.pre_size / max(h, w)
+        size = (max(1, int(w * s)), max(1, int(h * s)))
+        if size != (w, h):
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+            mask = None if mask is None else cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        if centroid is not None:
+            centroid = (min(int(centroid[0] * s), size[0] - 1), min(int(centroid[1] * s), size[1] - 1))
+        return image, mask, centroid
+
+    def pad(self, image, mask, centroid):
+        th, tw = self.crop_size
+        h, w = image.shape[:2]
+        ph, pw = max(0, th - h), max(0, tw - w)
+        if not (ph or pw):
+            return image, mask, centroid
+        top, left = ph // 2, pw // 2
+        border = (top, ph - top, left, pw - left)
+        image = cv2.copyMakeBorder(image, *border, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        if mask is not None:
+            mask = cv2.copyMakeBorder(mask, *border, cv2.BORDER_CONSTANT, value=self.ignore_index)
+        if centroid is not None:
+            centroid = (centroid[0] + left, centroid[1] + top)
+        return image, mask, centroid
+
+    def crop(self, image, mask, centroid):
+        th, tw = self.crop_size
+        h, w = image.shape[:2]
+        if centroid is None:
+            x0, y0 = _randint(0, w - tw), _randint(0, h - th)
+        else:  # any crop that contains the centroid and lies inside the image
+            cx, cy = centroid
+            x0 = min(max(_randint(cx - tw + 1, cx), 0), w - tw)
+            y0 = min(max(_randint(cy - th + 1, cy), 0), h - th)
+        image = image[y0:y0 + th, x0:x0 + tw]
+        mask = None if mask is None else mask[y0:y0 + th, x0:x0 + tw]
+        return image, mask
+
+
+@dataclass
+class EvalTransform:
+    """Optional resize of the long edge to ``pre_size`` (mask nearest), then to tensors."""
+
+    pre_size: int | None = None
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None, centroid=None):
+        if self.pre_size is not None:
+            image, mask = resize_long_edge(image, mask, self.pre_size)
+        return to_tensors(image, mask)
+
+
+def build_train_transform(crop_size: int | Sequence[int], scale_min: float = 0.5, scale_max: float = 2.0,
+                          ignore_index: int = 255, color_aug: float = 0.25, gblur: bool = False,
+                          pre_size: int | None = None) -> TrainTransform:
+    """The reference's training augmentation; ``crop_size`` is an int or ``(h, w)``."""
+    if not 0 < scale_min <= scale_max:
+        raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
+    return TrainTransform(_pair(crop_size), scale_min, scale_max, ignore_index, color_aug, gblur, pre_size)
+
+
+def build_eval_transform(pre_size: int | None = None) -> EvalTransform:
+    """Evaluation: optional long-edge resize to ``pre_size``; no randomness."""
+    return EvalTransform(pre_size)
