@@ -52,6 +52,7 @@ from datasets.folder import (
     output_stems,
     shard,
 )
+from utils.geo import GeoError
 from utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 EXIT_TOO_MANY_FAILURES = 3
@@ -640,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = build_model(args.arch, args.snapshot, args.num_classes, args.dataset).to(device)
         summary = predict_folder(model, opts, device=device)
-    except (PredictError, FolderError) as e:
+    except (PredictError, FolderError, GeoError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
     if not summary.ok:
