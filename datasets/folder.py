@@ -21,44 +21,29 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datasets import cityscapes_labels
+from datasets.errors import DatasetError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 RASTER_EXTENSIONS = (".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_PIXELS = 100_000_000
 
-# Cityscapes' 19 train-id colours (RGB), the palette every Cityscapes tool draws with.
-CITYSCAPES_PALETTE = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
-    (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-)
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-)
-
-
-class FolderError(ValueError):
+class FolderError(DatasetError):
     """A folder, subdirectory range or shard specification that cannot be used."""
 
 
 def default_palette(num_classes: int) -> np.ndarray:
     """``(num_classes, 3)`` uint8 RGB: Cityscapes' colours for 19 classes, else a generated one."""
-    try:  # the datasets room's palette, once it exists, is the single source of truth
-        from datasets.cityscapes import PALETTE as shared  # type: ignore[attr-defined]
-    except (ImportError, AttributeError):
-        shared = CITYSCAPES_PALETTE
-    if num_classes == len(shared):
-        return np.asarray(shared, dtype=np.uint8).reshape(num_classes, 3)
+    if num_classes == len(cityscapes_labels.PALETTE):
+        return np.asarray(cityscapes_labels.PALETTE, dtype=np.uint8).copy()
     return _bit_palette(num_classes)
 
 
 def default_class_names(num_classes: int) -> tuple[str, ...]:
-    if num_classes == len(CITYSCAPES_CLASSES):
-        return CITYSCAPES_CLASSES
+    if num_classes == len(cityscapes_labels.CLASS_NAMES):
+        return tuple(cityscapes_labels.CLASS_NAMES)
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
@@ -237,12 +222,12 @@ class FolderDataset(Dataset):
     "name": relative path, "index": i, "size": (H, W) original, "error": ""}``; with
     ``keep_original=True`` also ``"original"``: uint8 ``(H, W, 3)`` RGB (for overlays). A
     bad image gives ``error`` = the reason, an empty ``image`` and ``size`` ``(0, 0)``.
-    ``transform``, when given, replaces resizing and normalisation: it takes the
-    ``(H, W, 3)`` uint8 RGB array and returns the ``(3, h, w)`` tensor.
+    ``transform``, when given, replaces resizing and normalisation; it follows
+    ``datasets.transforms``' convention: ``transform(rgb_uint8, None) -> (tensor, None)``.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "folder", cv: int = 0,
-                 transform: Callable[[np.ndarray], torch.Tensor] | None = None, *,
+                 transform: Callable | None = None, *,
                  files: Sequence[str] | None = None, subdirs: str | None = None,
                  short_side: int | None = None, size_divisor: int = 1,
                  max_pixels: int = DEFAULT_MAX_PIXELS, keep_original: bool = False,
@@ -274,7 +259,7 @@ class FolderDataset(Dataset):
                 record["original"] = torch.empty(0, 0, 3, dtype=torch.uint8)
             return record
         size = inference_size(rgb.shape[0], rgb.shape[1], self.short_side, self.size_divisor)
-        image = self.transform(rgb) if self.transform is not None else to_model_input(rgb, size)
+        image = self.transform(rgb, None)[0] if self.transform is not None else to_model_input(rgb, size)
         record.update(image=image, size=tuple(rgb.shape[:2]))
         if self.keep_original:
             record["original"] = torch.from_numpy(rgb)
