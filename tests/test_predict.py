@@ -193,3 +193,16 @@ def test_command_line_with_registered_tiny_model(tmp_path: Path) -> None:
     assert main(argv + ["--max_fail_ratio", "0.5"]) == 0  # resumed: only the bad one retried
     assert labels(tmp_path / "out") == ["939/img0.png", "940/img0.png"]
     assert main(argv + ["--n_scales", "0.5,1.0"]) == 2  # other settings into the same folder
+
+
+def test_dump_folder_yaml_expands_to_one_valid_command_per_shard(repo_root: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    from predict import build_parser
+    from sbatch.expand import expand_experiment
+
+    exp = yaml.safe_load((repo_root / "scripts" / "dump_folder.yml").read_text())
+    runs = expand_experiment(exp, exp_name="dump_folder", logroot="/tmp/logs", slug=lambda: "x")
+    shards = [build_parser().parse_args(list(r.argv[2:])).shard for r in runs]
+    assert shards == ["0/4", "1/4", "2/4", "3/4"]
+    assert all(r.argv[:2] == ("python", "predict.py") for r in runs)
+    assert len({build_parser().parse_args(list(r.argv[2:])).result_dir for r in runs}) == 1
