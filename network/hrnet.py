@@ -115,12 +115,20 @@ def load_trunk_weights(trunk: nn.Module, path: str | Path) -> None:
     missing = [k for k in own if k not in state]
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or wrong:
+    unexpected = [k for k in state if k not in own and not k.startswith(_HEAD_PREFIXES)]
+    if missing or wrong or unexpected:
         raise CheckpointError(
             f"{path} does not hold weights for this HRNet trunk: {len(missing)} missing keys "
-            f"(e.g. {missing[:5]}), {len(wrong)} shape mismatches (e.g. {wrong[:5]}). "
-            "Pass the ImageNet checkpoint of the same width (hrnet_w48 for ocrnet.HRNet_Mscale).")
+            f"(e.g. {missing[:5]}), {len(wrong)} shape mismatches (e.g. {wrong[:5]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:5]}). Pass the ImageNet "
+            "checkpoint of the same trunk (hrnet_w48 for ocrnet.HRNet_Mscale, hrnet_w18, "
+            "hrnet_w18_small_v2 for the _w18s models).")
     trunk.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+# Classification-head parts of ImageNet HRNet checkpoints, not used by the segmentation trunk.
+_HEAD_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.", "ocr.",
+                  "scale_attn.")
 
 
 def _strip(key: str) -> str:
