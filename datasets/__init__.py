@@ -70,10 +70,12 @@ def _synthetic(root, split, cv, transform, **options):
 
 @register_dataset("folder")
 def _folder(root, split, cv, transform, **options):
-    """Every image under ``root`` (inference; no labels). ``split``/``cv`` do not apply."""
+    """Every image under ``root`` (inference; no labels)."""
     from datasets.folder import FolderDataset
 
-    return FolderDataset(root=root, transform=transform, **options)
+    if root is None:
+        raise DatasetError("the folder dataset needs root=<directory of images>")
+    return FolderDataset(root, split=split, cv=cv, transform=transform, **options)
 
 
 def build_sampler(dataset, class_uniform_pct: float = 0.0, class_uniform_tile: int = 1024,
