@@ -158,7 +158,9 @@ def statuses(exp_dir: Path) -> list[RunStatus]:
     out = []
     for r in runs:
         state, slurm_exit = states.get(r["job_id"], ("UNKNOWN", ""))
-        code = command_exit(Path(r["logdir"])) or slurm_exit.split(":")[0]
+        code = command_exit(Path(r["logdir"]))
+        if not code:
+            code = "-" if state in ACTIVE_STATES or not slurm_exit else slurm_exit.split(":")[0]
         out.append(RunStatus(name=r["name"], job_id=r["job_id"], state=state, exit_code=code,
                              metric=last_metric(Path(r["logdir"])), logdir=r["logdir"]))
     return out

@@ -148,6 +148,9 @@ class RunTask:
             except subprocess.TimeoutExpired:
                 print(f"[sbatch] {spec.name}: no exit {spec.grace_s}s after the signal", file=sys.stderr)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        code = None if proc is None else proc.poll()
+        record(spec.logdir, event="exit", job_id=slurm_job_id(dict(os.environ)), returncode=code,
+               restart=restarts, signal=True)
         if restarts >= spec.max_requeue:
             return None  # submitit then ends the job as failed
         return submitit.helpers.DelayedSubmission(self, spec)
