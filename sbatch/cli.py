@@ -13,6 +13,7 @@ EXP is an experiment name (a folder under LOGROOT), its YAML file, or the folder
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,7 +64,8 @@ def dry_run(settings: Settings, plans: Sequence[Planned], interactive: bool) -> 
         script = launch.render_script(group, exp_dir / "submitit", str(manifest.manifest_path(exp_dir)))
         for k, planned in enumerate(group):
             out.append(f"# ==== run {planned.run.name} (array task {k} of {len(group)}) ====\n"
-                       f"# logdir:  {planned.run.logdir}\n# command: {planned.run.command}\n{script}\n")
+                       f"# logdir:  {planned.run.logdir}\n# command: {planned.run.command}\n"
+                       f"# task runs: {shlex.join(launch.task_spec(planned).argv)}\n{script}\n")
     return "".join(out)
 
 
