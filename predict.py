@@ -428,13 +428,14 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)
 
 
-def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions) -> Iterator[list[dict]]:
+def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions,
+                   pin_memory: bool) -> Iterator[list[dict]]:
     """Decoded samples from DataLoader workers, grouped by size; failures go to the report."""
     from torch.utils.data import DataLoader
 
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=opts.workers,
                         worker_init_fn=_worker_init if opts.workers else None,
-                        prefetch_factor=4 if opts.workers else None, pin_memory=False)
+                        prefetch_factor=4 if opts.workers else None, pin_memory=pin_memory)
     buckets = SizeBuckets(opts.batch_size)
     for sample in loader:
         if sample["error"]:
@@ -444,13 +445,13 @@ def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions) -> Iterat
     yield from buckets.flush()
 
 
-def _run_photos(items: list[Item], logits_fn, run: _Run, opts: PredictOptions) -> None:
+def _run_photos(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, device: torch.device) -> None:
     if not items:
         return
     ds = FolderDataset(opts.eval_folder, files=[it.rel for it in items], short_side=opts.infer_short_side,
                        size_divisor=opts.size_divisor, max_pixels=opts.max_pixels,
                        keep_original=opts.overlay)
-    for batch in _photo_batches(ds, run, opts):
+    for batch in _photo_batches(ds, run, opts, pin_memory=device.type == "cuda"):
         for sample, result in _infer_with_oom_fallback(logits_fn, batch, opts.probs, run):
             item = items[sample["index"]]
             label, prob = _resize_back(*result, sample["size"])
@@ -477,7 +478,9 @@ def _infer_with_oom_fallback(logits_fn, batch: list[dict], want_probs: bool, run
 
 
 def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, num_classes: int) -> None:
-    from utils.geo import GeoError, RasterOptions, RasterOutputs, predict_raster
+    from rasterio.errors import RasterioError
+
+    from utils.geo import RasterOptions, RasterOutputs, predict_raster
 
     ropts = RasterOptions(bands=opts.bands, band_mean=opts.band_mean, band_std=opts.band_std,
                           tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
@@ -487,10 +490,8 @@ def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, 
         try:
             predict_raster(Path(opts.eval_folder) / item.rel, RasterOutputs(paths["label"], paths.get("prob")),
                            logits_fn, num_classes, run.palette, ropts, run.class_names)
-        except GeoError:
-            raise  # a wrong option: every raster would fail the same way
-        except (OSError, ValueError, torch.OutOfMemoryError) as e:  # rasterio errors are OSError/ValueError
-            run.fail(item.rel, f"raster: {e}")
+        except (GeoError, RasterioError, OSError, ValueError, torch.OutOfMemoryError) as e:
+            run.fail(item.rel, f"raster: {e}")  # unreadable/corrupt file, or bands it does not have
         else:
             run.succeed()
 
@@ -510,6 +511,8 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
         raise PredictError("the model has no `num_classes` attribute: pass `palette` for its classes")
     palette = default_palette(num_classes) if palette is None else np.asarray(palette, np.uint8)
     class_names = class_names or default_class_names(num_classes)
+    if opts.tile <= opts.overlap or opts.batch_size < 1:
+        raise PredictError(f"need --tile ({opts.tile}) > --overlap ({opts.overlap}) and --batch_size >= 1")
     shard_ = shard_ or resolve_shard(opts.shard)
     if opts.arch is None:
         opts = replace(opts, arch=getattr(model, "arch", type(model).__name__))
@@ -524,7 +527,7 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
     run = _Run(opts, summary, palette, class_names, len(items))
     start = time.perf_counter()
     try:
-        _run_photos([it for it in items if not it.raster], logits_fn, run, opts)
+        _run_photos([it for it in items if not it.raster], logits_fn, run, opts, device)
         _run_rasters([it for it in items if it.raster], logits_fn, run, opts, num_classes)
     finally:
         run.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,12 @@ def test_geotiff_in_geotiff_out_keeps_crs_transform_size_and_nodata(tmp_path: Pa
     assert (label[:10, :20] == 255).all() and (label[10:, 20:] < K).all()
     again = predict_folder(ConvSeg(), opts)  # resumable like photos
     assert (again.done, again.skipped) == (0, 1)
+    good = (tmp_path / "in" / "tiles" / "scene.tif").read_bytes()
+    (tmp_path / "in" / "tiles" / "cut.tif").write_bytes(good[: len(good) // 2])
+    third = predict_folder(ConvSeg(), replace(opts, max_fail_ratio=0.6))
+    assert (third.done, third.skipped, third.failed) == (0, 1, 1)
+    assert third.failures[0][0] == "tiles/cut.tif" and third.failures[0][1].startswith("raster:")
+    assert not (tmp_path / "out" / "label" / "tiles" / "cut.tif").exists()  # no partial output
 
 
 def _whole_image_probs(data: np.ndarray, model: nn.Module) -> np.ndarray:

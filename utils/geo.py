@@ -198,10 +198,14 @@ def predict_raster(src_path: str | os.PathLike, outputs: RasterOutputs, logits_f
     optional probability raster (one uint8 band per class, probability x 255) keep
     the input's CRS and transform.
     """
+    import warnings
+
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.windows import Window
 
-    with rasterio.open(src_path) as src:
+    with warnings.catch_warnings(), rasterio.open(src_path) as src:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain TIFF stays a plain TIFF
         bands = select_bands(src.count, opts.bands)
         mean, std = _resolve_stats(src, bands, opts)
         th, tw = min(opts.tile, src.height), min(opts.tile, src.width)
