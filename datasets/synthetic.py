@@ -32,6 +32,8 @@ from utils.io import atomic_imwrite, atomic_write_json
 TRAIN_CITIES = ("aachen", "bochum", "bremen")
 VAL_CITIES = ("frankfurt",)
 MARKER = ".synthetic.json"
+PARTIAL = ".synthetic.partial"
+LOCK = ".generate.lock"
 FORMAT = "hmsa-synthetic/1"
 
 _ID = NAME_TO_ID
@@ -278,13 +280,22 @@ def ensure(root: str | os.PathLike | None = None, **options) -> Path:
     """Generate the dataset under ``root`` unless it is there; one process generates, others wait."""
     from filelock import FileLock
 
+    from datasets.errors import DatasetError
+
     root = Path(root) if root is not None else default_root()
     if is_complete(root):
         return root
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".generate.lock")):
-        if not is_complete(root):
-            generate(root, **options)
+    with FileLock(str(root / LOCK)):
+        if is_complete(root):
+            return root
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in (LOCK, PARTIAL))
+        if foreign and not (root / PARTIAL).exists():
+            raise DatasetError(f"{root} is not empty ({', '.join(foreign[:3])}, ...) and holds no synthetic "
+                               f"dataset; refusing to write into it: pass an empty or new directory as root")
+        (root / PARTIAL).touch()  # an interrupted generation is resumed, not mistaken for foreign files
+        generate(root, **options)
+        (root / PARTIAL).unlink()
     return root
 
 

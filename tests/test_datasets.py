@@ -271,6 +271,14 @@ def test_build_synthetic_generates_on_first_use_once(tmp_path):
     assert not list(root.rglob("*.tmp*"))
 
 
+def test_synthetic_refuses_a_foreign_non_empty_root(tmp_path):
+    (tmp_path / "leftImg8bit").mkdir()
+    (tmp_path / "leftImg8bit" / "real.png").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="not empty"):
+        build_dataset("synthetic", root=tmp_path)
+    assert [p.name for p in (tmp_path / "leftImg8bit").iterdir()] == ["real.png"]
+
+
 def test_dataloader_with_workers_and_class_uniform_keys(synthetic_root, tmp_path):
     from datasets import build_sampler
 
