@@ -266,6 +266,8 @@ def check_manifest(opts: PredictOptions, num_classes: int) -> None:
     """Refuse to resume into a result folder made with other settings (mixed outputs)."""
     settings = {k: v for k, v in asdict(opts).items() if k in MANIFEST_KEYS}
     settings["num_classes"] = num_classes
+    if settings.get("snapshot"):  # the same file, however it was spelled (predict.py or train.py)
+        settings["snapshot"] = str(Path(settings["snapshot"]).resolve())
     settings = json.loads(json.dumps(settings, default=str))
     path = Path(opts.result_dir) / MANIFEST
     if path.exists() and not opts.overwrite:
@@ -517,8 +519,8 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
     if opts.arch is None:
         opts = replace(opts, arch=getattr(model, "arch", type(model).__name__))
     Path(opts.result_dir).mkdir(parents=True, exist_ok=True)
+    items, skipped = plan(opts, shard_)  # discovery first: a wrong folder writes nothing
     check_manifest(opts, num_classes)
-    items, skipped = plan(opts, shard_)
     summary = Summary(shard_, total=len(items) + skipped, skipped=skipped, max_fail_ratio=opts.max_fail_ratio)
     print(f"predict: shard {shard_.index}/{shard_.count} ({shard_.source}): {summary.total} images, "
           f"{skipped} already complete, {len(items)} to do", file=sys.stderr)
