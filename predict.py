@@ -248,6 +248,11 @@ class _DirListing:
 def plan(opts: PredictOptions, shard_: Shard) -> tuple[list[Item], int]:
     """This shard's images still to do, and how many were skipped as complete."""
     files = discover_images(opts.eval_folder, opts.subdirs)
+    inside = _relative_inside(Path(opts.result_dir), Path(opts.eval_folder))
+    if inside == "":
+        raise PredictError("--result_dir is --eval_folder: choose another folder for the outputs")
+    if inside is not None:  # never segment our own outputs when result_dir is under eval_folder
+        files = [f for f in files if not (f + "/").startswith(inside + "/")]
     stems = output_stems(files)
     mine = set(shard(files, shard_.index, shard_.count))
     items = [Item(f, s, opts.geotiff and f.lower().endswith(RASTER_EXTENSIONS))
@@ -260,6 +265,14 @@ def plan(opts: PredictOptions, shard_: Shard) -> tuple[list[Item], int]:
         if not all(listing.exists(p) for p in expected_outputs(result_dir, item, opts).values()):
             todo.append(item)
     return todo, len(items) - len(todo)
+
+
+def _relative_inside(path: Path, root: Path) -> str | None:
+    try:
+        rel = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+    return rel if rel != "." else ""
 
 
 def check_manifest(opts: PredictOptions, num_classes: int) -> None:

@@ -206,3 +206,13 @@ def test_dump_folder_yaml_expands_to_one_valid_command_per_shard(repo_root: Path
     assert shards == ["0/4", "1/4", "2/4", "3/4"]
     assert all(r.argv[:2] == ("python", "predict.py") for r in runs)
     assert len({build_parser().parse_args(list(r.argv[2:])).result_dir for r in runs}) == 1
+
+
+def test_result_dir_inside_eval_folder_is_not_read_back_as_input(tmp_path: Path) -> None:
+    rels = make_tree(tmp_path, per_dir=2, dirs=("a",))
+    opts = opts_for(tmp_path, tmp_path / "pred")
+    assert predict_folder(CountingSeg(), opts).done == len(rels)
+    again = predict_folder(CountingSeg(), opts)
+    assert (again.total, again.skipped) == (len(rels), len(rels))
+    with pytest.raises(PredictError, match="another folder"):
+        predict_folder(CountingSeg(), opts_for(tmp_path, tmp_path))
