@@ -450,7 +450,8 @@ def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions,
 
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=opts.workers,
                         worker_init_fn=_worker_init if opts.workers else None,
-                        prefetch_factor=4 if opts.workers else None, pin_memory=pin_memory)
+                        prefetch_factor=max(4, 2 * opts.batch_size // max(1, opts.workers)) if opts.workers else None,
+                        pin_memory=pin_memory)
     buckets = SizeBuckets(opts.batch_size)
     for sample in loader:
         if sample["error"]:
