@@ -269,6 +269,8 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
         s = {**s, "epoch": s["epoch"] + 1, "consumed": 0}
     if s.get("state") is not None and hasattr(run.sampler.inner, "load_state_dict"):
         run.sampler.inner.load_state_dict(s["state"])
+    if hasattr(run.sampler.inner, "start_index"):
+        run.sampler.inner.start_index = 0  # ResumableSampler does the skipping
     run.state = State(epoch=s["epoch"], iteration=int(ckpt["iteration"]), consumed=s["consumed"],
                       best_miou=float(ckpt.get("best_miou", -1.0)))
     ckpt_io.restore_rng(ckpt["rng"], run.info.device)
@@ -422,6 +424,8 @@ def main(cfg: Config) -> int:
     if cfg.eval.eval == "folder":
         return eval_folder(cfg)
     info = init_distributed(cfg.train.device)
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic)
     try:
         _setup_determinism(cfg, info)
         Path(cfg.train.result_dir).mkdir(parents=True, exist_ok=True)
@@ -441,6 +445,8 @@ def main(cfg: Config) -> int:
         finally:
             run.logger.close()
     finally:
+        torch.use_deterministic_algorithms(flags[0])  # leave the process as found (tests, notebooks)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[1], flags[2]
         cleanup()
 
 

@@ -1,0 +1,70 @@
+"""Distributed training: two gloo processes on the CPU equal one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from tests._train_helpers import model_state, run_train, tiny_args
+from utils.dist import env_from_slurm, expand_hostlist
+
+COMMON = ("--bs_trn", "1", "--max_iter", "3", "--deterministic", "--val_freq", "100", "--ckpt_freq", "0")
+
+
+def _params(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Learned tensors only: BatchNorm running statistics are per process in DDP (rank 0's are kept)."""
+    return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def test_two_process_gloo_matches_single_process(synthetic_root, tmp_path):
+    single = run_train(tiny_args(synthetic_root, tmp_path / "single", *COMMON, "--global_batch_size", "2"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    ddp = run_train(tiny_args(synthetic_root, tmp_path / "ddp", *COMMON), launcher=launcher)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    rt_single = json.loads((tmp_path / "single" / "config.json").read_text())["runtime"]
+    rt_ddp = json.loads((tmp_path / "ddp" / "config.json").read_text())["runtime"]
+    assert (rt_single["world_size"], rt_single["accum_steps"], rt_single["global_batch_size"]) == (1, 2, 2)
+    assert (rt_ddp["world_size"], rt_ddp["accum_steps"], rt_ddp["global_batch_size"]) == (2, 1, 2)
+    assert rt_ddp["backend"] == "gloo"
+
+    a, b = _params(model_state(tmp_path / "single")), _params(model_state(tmp_path / "ddp"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-4, f"largest parameter difference {worst}"
+    sd = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert sd["pixels"] == json.loads((tmp_path / "single" / "metrics.json").read_text())["pixels"]
+
+
+def test_slurm_environment_gives_ranks_and_master():
+    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+           "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"}
+    got = env_from_slurm(env)
+    assert got["RANK"] == "3" and got["WORLD_SIZE"] == "8" and got["LOCAL_RANK"] == "1"
+    assert got["MASTER_ADDR"] == "gpu07" and got["MASTER_PORT"] == str(20000 + 4242)
+    assert env_from_slurm({**env, "RANK": "0", "WORLD_SIZE": "8"}) == {}  # torchrun wins
+    assert env_from_slurm({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == {}  # one task: no DDP
+
+
+@pytest.mark.parametrize("nodelist, hosts", [
+    ("node1", ["node1"]),
+    ("gpu[01-03,7]", ["gpu01", "gpu02", "gpu03", "gpu7"]),
+    ("a[1-2],b3,c[09-10]", ["a1", "a2", "b3", "c09", "c10"]),
+])
+def test_expand_hostlist(nodelist, hosts):
+    assert expand_hostlist(nodelist) == hosts
+
+
+def test_syncbn_on_cpu_warns_and_keeps_batchnorm():
+    from torch import nn
+
+    from utils.dist import DistInfo, maybe_sync_batchnorm
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    with pytest.warns(UserWarning, match="SyncBatchNorm needs CUDA"):
+        out = maybe_sync_batchnorm(model, DistInfo(world_size=2))
+    assert isinstance(out[1], nn.BatchNorm2d)

@@ -1,0 +1,100 @@
+"""train.py end to end on the synthetic data: loss goes down, files, AMP levels, eval, runx.sumx."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests._train_helpers import REPO, scalars, tiny_args
+from train import cli
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic_root, tmp_path_factory):
+    """Three finished runs of one experiment under a runx LOGROOT: fp32, O1 and O3."""
+    exp = tmp_path_factory.mktemp("logroot") / "exp"
+    assert cli(tiny_args(synthetic_root, exp / "fp32", "--max_iter", "10", "--max_epoch", "5",
+                         "--val_freq", "100", "--deterministic")) == 0
+    for level in ("O1", "O3"):
+        assert cli(tiny_args(synthetic_root, exp / level, "--max_iter", "2", "--amp_opt_level", level,
+                             "--fp16", "--apex")) == 0
+    return exp
+
+
+def test_a_few_iterations_reduce_the_loss(runs):
+    losses = [v for _, v in scalars(runs / "fp32", "train/loss")]
+    assert len(losses) == 10 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses
+    lrs = [v for _, v in scalars(runs / "fp32", "train/lr")]
+    assert lrs[0] > lrs[-1] >= 0  # poly schedule per iteration
+
+
+def test_run_directory_contents(runs):
+    rd = runs / "fp32"
+    for name in ("config.json", "hparams.json", "last.pth", "best.pth", "metrics.json", "metrics.csv",
+                 "per_class_iou.csv", "logging.log"):
+        assert (rd / name).is_file(), name
+    assert list(rd.glob("events.out.tfevents.*"))
+    cfg = json.loads((rd / "config.json").read_text())
+    assert cfg["runtime"]["global_batch_size"] == 2 and cfg["runtime"]["world_size"] == 1
+    assert cfg["runtime"]["crop_size"] == [64, 64]
+    metrics = json.loads((rd / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["per_class_iou"]) == 19
+    assert sorted(p.name for p in (rd / "best_images").iterdir())[:1]  # pictures of the best epoch
+    assert [v for _, v in scalars(rd, "val/mean_iu")] == [pytest.approx(metrics["miou"])]
+    assert not list(rd.glob(".*tmp*")) and not (rd / ".val_images").exists()
+
+
+@pytest.mark.parametrize("level", ["O1", "O3"])
+def test_mixed_precision_levels_run_on_cpu_in_bf16(runs, level):
+    metrics = json.loads((runs / level / "metrics.json").read_text())
+    assert metrics["precision"] == f"{level} bfloat16"
+    assert all(math.isfinite(v) for _, v in scalars(runs / level, "train/loss"))
+
+
+def test_runx_sumx_summarises_the_runs(runs, tmp_path):
+    (tmp_path / ".runx").write_text(f"LOGROOT: {runs.parent}\n")
+    out = subprocess.run([sys.executable, "-m", "runx.sumx", "exp"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for run in ("fp32", "O1", "O3"):
+        assert run in out.stdout
+    assert "mean" in out.stdout and "amp" in out.stdout  # a metric column and the differing hparam
+
+
+def test_eval_val_multiscale_flip_dumps_pictures(runs, synthetic_root, tmp_path):
+    args = tiny_args(synthetic_root, tmp_path, "--eval", "val", "--snapshot", str(runs / "fp32" / "best.pth"),
+                     "--n_scales", "0.5,1.0", "--do_flip", "--dump_assets", "--dump_all_images",
+                     arch="ocrnet.HRNet_w18s")
+    assert cli(args) == 0
+    names = {p.name for p in (tmp_path / "best_images").iterdir()}
+    assert len([n for n in names if n.endswith("_prediction.png")]) == 4  # every val image
+    assert any(n.endswith("_overlay.png") for n in names)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["scales"] == [0.5, 1.0] and metrics["flip"] is True
+    trained = json.loads((runs / "fp32" / "metrics.json").read_text())
+    assert metrics["pixels"] == trained["pixels"]
+
+
+def test_eval_mscale_writes_attention_maps(synthetic_root, tmp_path):
+    args = tiny_args(synthetic_root, tmp_path, "--eval", "val", "--n_scales", "0.5,1.0",
+                     "--dump_assets", "--dump_num_images", "1", arch="ocrnet.HRNet_Mscale_w18s")
+    with pytest.warns(UserWarning, match="random weights"):
+        assert cli(args) == 0
+    names = {p.name for p in (tmp_path / "best_images").iterdir()}
+    assert any(n.endswith("_attn_0.5x.png") for n in names), names
+
+
+def test_unknown_arch_is_a_flag_error(synthetic_root, tmp_path, capsys):
+    assert cli(tiny_args(synthetic_root, tmp_path, "--eval", "val", arch="ocrnet.NoSuchNet")) == 2
+    assert "--arch" in capsys.readouterr().err
+
+
+def test_train_py_help_runs():
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "--amp_opt_level" in out.stdout
