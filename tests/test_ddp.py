@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests._train_helpers import model_state, run_train, tiny_args
+from tests.test_train_helpers import model_state, run_train, tiny_args
 from utils.dist import env_from_slurm, expand_hostlist
 
 COMMON = ("--bs_trn", "1", "--max_iter", "3", "--deterministic", "--val_freq", "100", "--ckpt_freq", "0")

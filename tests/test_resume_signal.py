@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from tests._train_helpers import REPO, model_state, run_train, tiny_args
+from tests.test_train_helpers import REPO, model_state, run_train, tiny_args
 
 STEPS_PER_EPOCH = 4  # 8 synthetic training images, batch 2
 EPOCHS = 2

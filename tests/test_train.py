@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests._train_helpers import REPO, scalars, tiny_args
+from tests.test_train_helpers import REPO, scalars, tiny_args
 from train import cli
 
 

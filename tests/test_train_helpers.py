@@ -1,4 +1,4 @@
-"""Shared helpers for the train.py tests: tiny runs on the 64x128 synthetic data."""
+"""Shared helpers (no tests) for the train.py tests: tiny runs on the 64x128 synthetic data."""
 
 from __future__ import annotations
 
