@@ -95,6 +95,12 @@ def _sacct(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
     return states
 
 
+def lookup(states: dict[str, tuple[str, str]], job_id: str) -> tuple[str, str] | None:
+    """A task's record, else its array's own record (sacct shows a never-started, cancelled
+    array as the bare array id)."""
+    return states.get(job_id) or states.get(job_id.split("_")[0])
+
+
 def _expand_array_id(jid: str) -> list[str]:
     """``12_[0-3,7%2]`` (pending tasks shown as one line) -> ``12_0 .. 12_3, 12_7``."""
     m = re.match(r"^(\d+)_\[([^\]]+)\]$", jid)
@@ -157,7 +163,7 @@ def statuses(exp_dir: Path) -> list[RunStatus]:
     states = _sacct(r["job_id"] for r in runs)
     out = []
     for r in runs:
-        state, slurm_exit = states.get(r["job_id"], ("UNKNOWN", ""))
+        state, slurm_exit = lookup(states, r["job_id"]) or ("UNKNOWN", "")
         code = command_exit(Path(r["logdir"]))
         if not code:
             code = "-" if state in ACTIVE_STATES or not slurm_exit else slurm_exit.split(":")[0]
@@ -170,8 +176,8 @@ def cancel(exp_dir: Path) -> list[str]:
     """``scancel`` every job of the experiment that is not finished; returns the ids."""
     runs = load(exp_dir)["runs"]
     states = _sacct(r["job_id"] for r in runs)
-    ids = [r["job_id"] for r in runs if states.get(r["job_id"], ("PENDING",))[0] not in
-           TERMINAL_OK | FAILED_STATES]
+    ids = [r["job_id"] for r in runs
+           if (lookup(states, r["job_id"]) or ("PENDING",))[0] not in TERMINAL_OK | FAILED_STATES]
     if ids:
         done = subprocess.run(["scancel", *ids], capture_output=True, text=True)
         if done.returncode != 0:

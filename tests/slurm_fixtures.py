@@ -1,0 +1,112 @@
+"""A real single-node Slurm cluster (with accounting) for the tests, started once per session.
+
+Imported by tests/test_slurm*.py. The cluster is ``sbatch/local_cluster.sh`` under a temporary
+directory with free ports; tests skip (with the reason) only when the Slurm, munge or MariaDB
+binaries are absent or the tests do not run as root (``SlurmUser=root``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "sbatch" / "local_cluster.sh"
+BINARIES = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariadbd")
+PATH = os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin"
+
+
+def missing_binaries() -> list[str]:
+    return [b for b in BINARIES if shutil.which(b, path=PATH) is None]
+
+
+def skip_reason() -> str | None:
+    missing = missing_binaries()
+    if missing:
+        return f"Slurm not installed (missing {', '.join(missing)}): run bash .ci/install.sh --slurm"
+    if os.geteuid() != 0:
+        return "the local Slurm cluster runs its daemons as root (SlurmUser=root); not root here"
+    return None
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Start the cluster; yield the environment clients need (``SLURM_CONF``, ``PATH``)."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("slurm")
+    ports = free_ports(4)
+    env = {**os.environ, "PATH": PATH, "HMSA_SLURMCTLD_PORT": str(ports[0]),
+           "HMSA_SLURMD_PORT": str(ports[1]), "HMSA_SLURMDBD_PORT": str(ports[2]),
+           "HMSA_MYSQL_PORT": str(ports[3])}
+    started = subprocess.run(["bash", str(SCRIPT), "start", str(root)], env=env, capture_output=True,
+                             text=True, timeout=120)
+    if started.returncode != 0:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(root)], env=env, timeout=60)
+        pytest.fail(f"local Slurm cluster did not start:\n{started.stderr}\n(logs in {root}/log)")
+    client = {"SLURM_CONF": str(root / "etc" / "slurm.conf"), "PATH": PATH}
+    old = {k: os.environ.get(k) for k in client}
+    os.environ.update(client)  # submitit (in-process) and sacct read these
+    try:
+        yield client
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        subprocess.run(["bash", str(SCRIPT), "stop", str(root)], env=env, capture_output=True, timeout=60)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = 1.0) -> object:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    from sbatch.manifest import _sacct, lookup
+
+    states = _sacct(job_ids)
+    return {j: (lookup(states, j) or ("PENDING", ""))[0] for j in job_ids}
+
+
+def wait_terminal(job_ids: list[str], timeout: float) -> dict[str, str]:
+    from sbatch.manifest import ACTIVE_STATES
+
+    def done() -> dict[str, str] | None:
+        states = sacct_states(job_ids)
+        got = {j: states.get(j, "PENDING") for j in job_ids}
+        return got if all(s not in ACTIVE_STATES for s in got.values()) else None
+
+    return wait_until(done, timeout, f"jobs {job_ids} to finish", poll=1.0)  # type: ignore[return-value]
+
+
+def events(logdir: str | Path) -> list[dict]:
+    path = Path(logdir) / "slurm_events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
