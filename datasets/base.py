@@ -84,6 +84,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.label_lut = label_lut
         self.transform = transform if transform is not None else build_eval_transform()
         self.root, self.split, self.name = Path(root), split, name
+        # Items [num_primary:] (Cityscapes coarse boost) are drawn only class-uniformly, and only
+        # for the classes in ``boost_classes``, whenever class-uniform sampling is on.
+        self.num_primary = len(self.items)
+        self.boost_classes: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.items)

@@ -6,6 +6,13 @@ and train (each sorted) are concatenated as ``val + train``; split ``cv`` takes
 as val the ``len(val cities)`` consecutive cities starting at
 ``cv * n_cities // 3``, so ``cv=0`` is the official train/val; ``cv=3`` (or
 ``split="trainval"``) uses every city for training.
+
+Coarse data (``leftImg8bit/train_extra`` + ``gtCoarse/train_extra``, or the
+packaged ``leftImg8bit_trainextra``/``gtCoarse/gtCoarse``): ``coarse=True`` adds
+every coarse image to training; ``coarse_boost_classes=(...)`` follows the
+reference: with class-uniform sampling the coarse images only supply centroids
+of those classes (the uniform share and the epoch length stay fine-only);
+without it they are ordinary training images.
 """
 
 from __future__ import annotations
@@ -75,7 +82,13 @@ class Cityscapes(SegmentationDataset):
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train", cv: int = 0,
                  transform: Transform | None = None, coarse: bool = False,
+                 coarse_boost_classes: tuple[int, ...] | list[int] | None = None,
+                 custom_coarse_prob: float | None = None, custom_coarse_dropout_classes=None,
+                 mask_out_cityscapes: bool = False,
                  env: str = "CITYSCAPES_ROOT", name: str = "cityscapes") -> None:
+        if custom_coarse_prob is not None or custom_coarse_dropout_classes or mask_out_cityscapes:
+            raise DatasetError("the reference's custom (auto-labelled) coarse data is not supported: drop "
+                               "custom_coarse_prob / custom_coarse_dropout_classes / mask_out_cityscapes")
         if split not in _SPLITS:
             raise DatasetError(f"unknown Cityscapes split {split!r}; use one of {_SPLITS}")
         root = env_root(root, env, name)
@@ -91,11 +104,19 @@ class Cityscapes(SegmentationDataset):
             else:
                 cities = cv_cities(img_base, split, cv)
             items = find_items(img_base, gt_base, cities, "_gtFine_labelIds.png")
-            if coarse and split in ("train", "trainval"):
-                items += _coarse_items(root)
+        boost = split in ("train", "trainval") and bool(coarse_boost_classes)
+        num_fine = len(items)
+        if boost or (coarse and split in ("train", "trainval")):
+            items += _coarse_items(root)
         super().__init__(items, num_classes=NUM_CLASSES, class_names=CLASS_NAMES, palette=PALETTE,
                          label_lut=id_to_trainid_lut(), transform=transform, root=root, split=split, name=name)
         self.cv = cv
+        if boost and not coarse:  # the reference's COARSE_BOOST_CLASSES
+            bad = [c for c in coarse_boost_classes if not 0 <= int(c) < NUM_CLASSES]
+            if bad:
+                raise DatasetError(f"coarse_boost_classes must be train ids 0..{NUM_CLASSES - 1}, got {bad}")
+            self.num_primary = num_fine
+            self.boost_classes = tuple(int(c) for c in coarse_boost_classes)
 
 
 def _coarse_items(root: Path) -> list[Item]:

@@ -56,7 +56,6 @@ class ClassUniformSampler(torch.utils.data.Sampler):
         self.workers = workers
         self.epoch = 0
         self.start_index = 0
-        self.num_samples = math.ceil(self.n / num_replicas)
         self._by_class: list[np.ndarray] | None = None
         self.class_uniform_pct = class_uniform_pct
         if class_uniform_pct > 0:
@@ -71,6 +70,17 @@ class ClassUniformSampler(torch.utils.data.Sampler):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"class_uniform_pct must be in [0, 1], got {value}")
         self._pct = float(value)
+
+    @property
+    def epoch_size(self) -> int:
+        """Samples per epoch over all ranks before padding (fine-only under a coarse boost)."""
+        boosted = getattr(self.dataset, "boost_classes", None) and self._pct > 0
+        return getattr(self.dataset, "num_primary", self.n) if boosted else self.n
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per rank and epoch."""
+        return math.ceil(self.epoch_size / self.num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -96,7 +106,7 @@ class ClassUniformSampler(torch.utils.data.Sampler):
     def epoch_plan(self, epoch: int) -> list[Key]:
         """All ranks' samples of ``epoch`` (length ``num_samples * num_replicas``)."""
         rng = np.random.default_rng([self.seed, epoch])
-        n = self.n
+        n = self.epoch_size
         by_class = self.centroids_by_class() if self._pct > 0 else []
         present = [c for c, arr in enumerate(by_class) if len(arr)]
         n_cu = round(n * self._pct) if present else 0
@@ -161,4 +171,8 @@ def _load_centroids(dataset, tile: int, cache_dir: Path | None, workers: int | N
     rows = [np.column_stack([np.full(len(c), i), c]) for i, c in enumerate(per_file) if len(c)]
     table = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 4), np.int64)
     # table columns: index, class, x, y
+    boost = getattr(dataset, "boost_classes", None)
+    if boost:  # extra (coarse) items contribute only the boosted classes
+        extra = table[:, 0] >= getattr(dataset, "num_primary", len(paths))
+        table = table[~extra | np.isin(table[:, 1], boost)]
     return [table[table[:, 1] == c][:, [0, 2, 3]] for c in range(dataset.num_classes)]

@@ -290,3 +290,26 @@ def test_dataloader_with_workers_and_class_uniform_keys(synthetic_root, tmp_path
     assert len(batches) == 2
     assert batches[0]["image"].shape == (4, 3, 48, 48) and batches[0]["mask"].shape == (4, 48, 48)
     assert batches[0]["mask"].dtype == torch.long and len(batches[0]["name"]) == 4
+
+
+def test_coarse_boost_classes_only_feed_class_uniform_samples(tmp_path):
+    from datasets import build_sampler
+
+    make_cityscapes(tmp_path, {"train": ["aachen", "bochum", "bremen", "dresden"], "val": ["frankfurt"]}, size=(8, 8))
+    for k in range(4):  # coarse images: left half road (7), right half bus (28)
+        stem = f"erlangen_{k:06d}_000019"
+        _write_png(tmp_path / f"leftImg8bit/train_extra/erlangen/{stem}_leftImg8bit.png", np.zeros((8, 8, 3), np.uint8))
+        ids = np.full((8, 8), 7, np.uint8)
+        ids[:, 4:] = 28
+        _write_png(tmp_path / f"gtCoarse/train_extra/erlangen/{stem}_gtCoarse_labelIds.png", ids)
+    ds = build_dataset("cityscapes", root=tmp_path, coarse_boost_classes=[15])
+    assert len(ds) == 8 and ds.num_primary == 4 and ds.boost_classes == (15,)
+    s = build_sampler(ds, class_uniform_pct=1.0, class_uniform_tile=8, cache_dir=tmp_path / "c")
+    by_class = s.centroids_by_class()
+    assert set(by_class[15][:, 0].tolist()) >= {4, 5, 6, 7}  # bus centroids from coarse images
+    assert not (by_class[0][:, 0] >= 4).any()  # coarse road is not boosted
+    assert len(list(s)) == 4  # epoch length stays fine-only
+    s.class_uniform_pct = 0.0
+    assert sorted(s) == list(range(8))  # without class-uniform sampling coarse images are plain items
+    with pytest.raises(DatasetError, match="custom"):
+        build_dataset("cityscapes", root=tmp_path, custom_coarse_prob=0.5)
