@@ -170,31 +170,38 @@ def _comment(text: str) -> str:
 def setup_lines(group: Sequence[Planned], manifest: str) -> list[str]:
     lines = [f"export SUBMITIT_PREEMPT_SIGNAL={PREEMPT_SIGNAL}", _comment(f"manifest: {manifest}")]
     for i, planned in enumerate(group[:20]):
-        lines.append(_comment(f"task {i}: {planned.run.name}: {planned.run.command}"))
+        lines.append(_comment(f"task {i}: {planned.run.name}: {shlex.join(task_spec(planned).argv)}"))
     if len(group) > 20:
         lines.append(_comment(f"... {len(group) - 20} more tasks: see the manifest"))
     return lines
 
 
+def group_parameters(group: Sequence[Planned], manifest: str) -> dict:
+    """submitit ``SlurmExecutor`` parameters of one group (the same for every run in it)."""
+    params = submitit_parameters(group[0].spec, job_name=group[0].run.exp_name,
+                                 preempt_signal=PREEMPT_SIGNAL)
+    return {**params, "setup": setup_lines(group, manifest)}
+
+
 def executor_for(group: Sequence[Planned], folder: Path, manifest: str):
     import submitit
 
-    spec = group[0].spec
-    executor = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=spec.max_requeue)
-    params = submitit_parameters(spec, job_name=group[0].run.exp_name, preempt_signal=PREEMPT_SIGNAL)
-    executor.update_parameters(**params, setup=setup_lines(group, manifest))
+    executor = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=group[0].spec.max_requeue)
+    executor.update_parameters(**group_parameters(group, manifest))
     return executor
 
 
 def render_script(group: Sequence[Planned], folder: Path, manifest: str) -> str:
-    """The sbatch script that submitting ``group`` would send (one array when > 1 run)."""
+    """The sbatch script that submitting ``group`` sends (an array when > 1 run), rendered by
+    submitit's own template; needs no Slurm installation (``-n`` works anywhere)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    executor = executor_for(group, folder, manifest)
-    params = dict(executor.parameters)
+    params = group_parameters(group, manifest)
     if len(group) > 1:
         params["map_count"] = len(group)
-    return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **params)
+    folder = Path(folder).expanduser().absolute() / "%j"
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, **params)
 
 
 def submit_group(group: Sequence[Planned], folder: Path, manifest: str) -> list:
