@@ -10,7 +10,8 @@ a long ``(h, w)`` tensor (or ``None``).
 Geometry follows the reference's ``RandomSizeAndCrop``: scale by a random
 factor (times the ``pre_size`` factor), pad to the crop size with the ignore
 label (black image), crop at random or so that it contains the centroid, then
-flip. Masks always use nearest-neighbour interpolation. Randomness comes from
+flip. Scale, pad and crop are one ``cv2.warpAffine`` that computes only the
+crop window, so a 2x upscale of a 1024x2048 image costs a 1024x1024 crop. Masks always use nearest-neighbour interpolation. Randomness comes from
 ``torch``'s generator, which the DataLoader seeds per worker.
 """
 
@@ -124,9 +125,7 @@ class TrainTransform:
     flip: bool = True
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None, centroid=None):
-        image, mask, centroid = self.scale(image, mask, centroid)
-        image, mask, centroid = self.pad(image, mask, centroid)
-        image, mask = self.crop(image, mask, centroid)
+        image, mask = self.scale_and_crop(image, mask, centroid)
         if self.flip and float(torch.rand(())) < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
             mask = None if mask is None else np.ascontiguousarray(mask[:, ::-1])
@@ -137,46 +136,43 @@ class TrainTransform:
             image = cv2.GaussianBlur(image, (0, 0), _uniform(0.15, 1.3))
         return to_tensors(image, mask)
 
-    def scale(self, image, mask, centroid):
+    def scale_and_crop(self, image: np.ndarray, mask: np.ndarray | None, centroid=None):
+        """Scale, pad and crop in one ``cv2.warpAffine`` per array, computing only the crop.
+
+        Equivalent to resizing the whole image to ``int(size * s)``, padding it
+        centrally to the crop size (black / ignore) and cutting the crop, but the
+        cost depends on the crop size only.
+        """
         h, w = image.shape[:2]
         s = _uniform(self.scale_min, self.scale_max)
         if self.pre_size is not None:
             s *= self.pre_size / max(h, w)
-        size = (max(1, int(w * s)), max(1, int(h * s)))
-        if size != (w, h):
-            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-            mask = None if mask is None else cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        sw, sh = max(1, int(w * s)), max(1, int(h * s))
         if centroid is not None:
-            centroid = (min(int(centroid[0] * s), size[0] - 1), min(int(centroid[1] * s), size[1] - 1))
-        return image, mask, centroid
-
-    def pad(self, image, mask, centroid):
+            centroid = (min(int(centroid[0] * s), sw - 1), min(int(centroid[1] * s), sh - 1))
         th, tw = self.crop_size
-        h, w = image.shape[:2]
-        ph, pw = max(0, th - h), max(0, tw - w)
-        if not (ph or pw):
-            return image, mask, centroid
-        top, left = ph // 2, pw // 2
-        border = (top, ph - top, left, pw - left)
-        image = cv2.copyMakeBorder(image, *border, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        x0 = _offset(sw, tw, None if centroid is None else centroid[0])
+        y0 = _offset(sh, th, None if centroid is None else centroid[1])
+        fx, fy = sw / w, sh / h  # half-pixel centred, as cv2.resize maps pixels
+        m = np.array([[fx, 0.0, 0.5 * fx - 0.5 - x0], [0.0, fy, 0.5 * fy - 0.5 - y0]])
+        if fx == 1.0 and fy == 1.0:
+            m[:, 2] = (-x0, -y0)
+        image = cv2.warpAffine(image, m, (tw, th), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
         if mask is not None:
-            mask = cv2.copyMakeBorder(mask, *border, cv2.BORDER_CONSTANT, value=self.ignore_index)
-        if centroid is not None:
-            centroid = (centroid[0] + left, centroid[1] + top)
-        return image, mask, centroid
-
-    def crop(self, image, mask, centroid):
-        th, tw = self.crop_size
-        h, w = image.shape[:2]
-        if centroid is None:
-            x0, y0 = _randint(0, w - tw), _randint(0, h - th)
-        else:  # any crop that contains the centroid and lies inside the image
-            cx, cy = centroid
-            x0 = min(max(_randint(cx - tw + 1, cx), 0), w - tw)
-            y0 = min(max(_randint(cy - th + 1, cy), 0), h - th)
-        image = image[y0:y0 + th, x0:x0 + tw]
-        mask = None if mask is None else mask[y0:y0 + th, x0:x0 + tw]
+            mask = cv2.warpAffine(mask, m, (tw, th), flags=cv2.INTER_NEAREST,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=self.ignore_index)
         return image, mask
+
+
+def _offset(size: int, crop: int, centre: int | None) -> int:
+    """Crop start along one axis of the scaled image (negative: centred padding)."""
+    if size <= crop:
+        return -((crop - size) // 2)
+    if centre is None:
+        return _randint(0, size - crop)
+    # any crop that contains the centroid and lies inside the image
+    return min(max(_randint(centre - crop + 1, centre), 0), size - crop)
 
 
 @dataclass
