@@ -239,17 +239,32 @@ def load_or_build(label_files: Sequence[str | os.PathLike], spec: CacheSpec, cac
     entries = read_cache(cache_path, spec) or {}
     computed = 0
     if _stale(entries, stats):
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(cache_path) + ".lock"):
-            entries = read_cache(cache_path, spec) or {}  # another process may have built it
-            todo = _stale(entries, stats)
-            if todo:
-                for f, cents in zip(todo, compute_many(todo, spec, workers, progress), strict=True):
-                    entries[f] = (stats[f], cents)
-                entries = {p: e for p, e in entries.items() if os.path.exists(p)}
-                write_cache(cache_path, spec, entries)
-                computed = len(todo)
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(cache_path) + ".lock")
+            lock.acquire()
+        except OSError as e:  # read-only cache directory: still usable, just not cached
+            log.warning("centroid cache %s is not writable (%s); computing without caching; "
+                        "pass a writable cache_dir to keep the result", cache_path, e)
+            computed = _update(entries, stats, spec, workers, progress)
+        else:
+            try:
+                entries = read_cache(cache_path, spec) or {}  # another process may have built it
+                computed = _update(entries, stats, spec, workers, progress)
+                if computed:
+                    write_cache(cache_path, spec, {p: e for p, e in entries.items() if os.path.exists(p)})
+            finally:
+                lock.release()
     return [entries[f][1] for f in files], BuildReport(computed, cache_path)
+
+
+def _update(entries: Entries, stats: dict[str, tuple[int, int]], spec: CacheSpec,
+            workers: int | None, progress: bool) -> int:
+    """Compute the stale files' centroids into ``entries``; returns how many."""
+    todo = _stale(entries, stats)
+    for f, cents in zip(todo, compute_many(todo, spec, workers, progress), strict=True):
+        entries[f] = (stats[f], cents)
+    return len(todo)
 
 
 def default_cache_dir() -> Path:

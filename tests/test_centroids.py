@@ -159,3 +159,12 @@ def test_two_processes_build_one_cache(tmp_path):
     cached = read_cache(cache, SPEC)
     assert cached is not None and len(cached) == 30
     assert not [p for p in cache.parent.iterdir() if ".tmp" in p.name]
+
+
+def test_unwritable_cache_dir_still_computes(tmp_path, caplog):
+    files = _label_files(tmp_path, 2)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with caplog.at_level(logging.WARNING, logger="datasets.centroids"):
+        result, rep = load_or_build(files, SPEC, blocker / "c.npz", progress=False)
+    assert rep.computed == 2 and len(result) == 2 and "not writable" in caplog.text
