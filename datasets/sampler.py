@@ -88,7 +88,7 @@ class ClassUniformSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples - self.start_index
+        return max(self.num_samples - self.start_index, 0)
 
     def __iter__(self) -> Iterator[Key]:
         plan = self.epoch_plan(self.epoch)
