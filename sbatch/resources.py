@@ -78,6 +78,8 @@ def _check_text(key: str, value: Any) -> None:
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Turn a YAML value into the field's type (YAML gives ints, strings, lists)."""
+    if value is None and default is None:
+        return None
     if isinstance(default, tuple):
         return _as_tuple(value)
     if isinstance(default, bool):

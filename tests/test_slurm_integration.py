@@ -185,6 +185,20 @@ def test_failing_command_is_failed_not_completed(jobs):
     assert " FAILED " in line and "exit=2" in line
 
 
+def test_resubmit_failed_keeps_the_run_and_its_history(jobs):
+    (job_id, name, logdir), = jobs["fail"]
+    wait_terminal([job_id], timeout=240)
+    done = subprocess.run([sys.executable, "-m", "sbatch", "resubmit", "fail", "--failed", "-c",
+                           str(jobs["cfg"])], cwd=REPO, env=jobs["env"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    new_id, new_name, new_logdir = done.stdout.split("\n")[0].split("\t")
+    assert new_id != job_id and (new_name, new_logdir) == (name, logdir)
+    run, = json.loads((Path(logdir).parent / "manifest.json").read_text())["runs"]
+    assert run["job_id"] == new_id and run["history"] == [job_id]
+    assert wait_terminal([new_id], timeout=120)[new_id] == "FAILED"
+
+
 def test_requeue_mid_training_resumes_from_checkpoint(jobs):
     (job_id, _, logdir), = jobs["requeue"]
     last = Path(logdir) / "last.pth"
