@@ -116,13 +116,16 @@ def _fuse_named_pairs(parent: nn.Module) -> int:
     return count
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
-    """An eval-only copy of ``model``: conv+BN folded, optionally channels_last memory format.
+def optimize_for_inference(model: nn.Module, channels_last: bool = True,
+                           inplace: bool = False) -> nn.Module:
+    """An eval-only version of ``model``: conv+BN folded, optionally channels_last memory format.
 
-    Outputs equal the original's in eval mode up to float round-off. The copy is for
+    Outputs equal the original's in eval mode up to float round-off. The result is for
     inference only (no BatchNorm; its state dict does not load into ``get_model``'s models).
+    ``inplace=True`` converts ``model`` itself instead of a copy (saves one copy of the weights).
+    Feed it channels_last inputs (``network.inference.to_input``) for the full speed-up.
     """
-    fast = copy.deepcopy(model).eval()
+    fast = (model if inplace else copy.deepcopy(model)).eval()
     fuse_conv_bn(fast)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
