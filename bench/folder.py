@@ -170,6 +170,7 @@ def variant_main(a: argparse.Namespace) -> None:
         "first100_rss_mb": first[0], "last100_rss_mb": last[0],
         "first100_pss_total_mb": first[1], "last100_pss_total_mb": last[1],
         "curve": _milestones(log.samples, step=250),
+        "load": os.getloadavg()[0],
     }
     Path(a.result_json).write_text(json.dumps(result))
 
@@ -193,7 +194,7 @@ def _mb(v: float | None) -> str:
 
 
 def _table(results: list[dict], a: argparse.Namespace) -> str:
-    rows = ["| variant | images | images/s | peak RSS main (MB) | peak RSS one worker (MB) | "
+    rows = ["| variant | images | images/s | peak RSS main (MB) | peak RSS largest worker (MB) | "
             "main RSS first/last 100 (MB) | PSS main+workers first/last 100 (MB) |",
             "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -201,14 +202,18 @@ def _table(results: list[dict], a: argparse.Namespace) -> str:
                     f"{_mb(r['peak_rss_workers_mb'])} | {r['first100_rss_mb']:.0f} / {r['last100_rss_mb']:.0f} | "
                     f"{r['first100_pss_total_mb']:.0f} / {r['last100_pss_total_mb']:.0f} |")
     pipe = results[0]
+    loads = " / ".join(f"{r['variant']} {r['load']:.1f}" for r in results)
     curve = ", ".join(f"{n}: {r:.0f} / {p:.0f}" for n, r, p in pipe["curve"])
     return "\n".join(rows) + (
         f"\n\nSettings: {a.num_images} generated JPEGs of {a.size}, shorter side resized to {a.short_side} "
         f"for the model, `{a.arch}` with random weights (single scale), CPU, {a.threads} torch thread(s) in "
         f"the main process; pipeline: batch {a.batch_size}, {a.workers} DataLoader workers; both write the "
-        "label and colour PNGs.\n\nPipeline PSS (main + workers, MB) by images done: " + curve +
-        "\n\nThe CPU is shared with other jobs (2 cores, load ~5 during the run), so images/s are noisy; "
-        "the memory columns are the point: no growth from the first to the last hundred images.")
+        "label and colour PNGs. A worker's RSS counts the pages it shares with the main process "
+        "(fork); PSS splits shared pages, so main + workers is not double-counted."
+        "\n\nPipeline memory by images done (main RSS / PSS of main + workers, MB): " + curve +
+        f"\n\nThe 2 CPU cores are shared with other jobs (1-minute load average {loads}), so "
+        "images/s are noisy. The memory figures are the point: after the first few hundred images "
+        "(allocator warm-up) the curve stays level to the last image.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
