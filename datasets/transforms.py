@@ -44,12 +44,17 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
+# per channel: uint8 value -> ImageNet-normalised float32 (a lookup beats three float passes)
+_NORM_LUT = ((np.arange(256, dtype=np.float32)[None, :] / 255.0 - MEAN[:, None]) / STD[:, None]).astype(np.float32)
+
+
 def to_tensors(image: np.ndarray, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 RGB -> ImageNet-normalised float (3, H, W); uint8 mask -> long (H, W)."""
-    img = (image.astype(np.float32) * (1.0 / 255.0) - MEAN) / STD
-    img_t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    img = np.empty((3, *image.shape[:2]), np.float32)
+    for c in range(3):
+        np.take(_NORM_LUT[c], image[..., c], out=img[c])
     mask_t = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).long()
-    return img_t, mask_t
+    return torch.from_numpy(img), mask_t
 
 
 def resize_long_edge(image: np.ndarray, mask: np.ndarray | None, long_edge: int):
@@ -67,7 +72,9 @@ def resize_long_edge(image: np.ndarray, mask: np.ndarray | None, long_edge: int)
 
 @dataclass
 class ColorJitter:
-    """Brightness, contrast, saturation and hue jitter (torchvision semantics), in OpenCV."""
+    """Brightness, contrast, saturation and hue jitter in random order (torchvision's
+    ``ColorJitter`` semantics on uint8 images: each step rounds and saturates), with
+    OpenCV lookup tables and colour conversions."""
 
     brightness: float = 0.25
     contrast: float = 0.25
@@ -76,39 +83,45 @@ class ColorJitter:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         ops = [self._brightness, self._contrast, self._saturation, self._hue]
-        img = image.astype(np.float32)
+        img = np.ascontiguousarray(image, dtype=np.uint8)
         for i in torch.randperm(4).tolist():
             img = ops[i](img)
-        return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        return img
 
     @staticmethod
     def _factor(amount: float) -> float:
         return _uniform(max(0.0, 1.0 - amount), 1.0 + amount)
 
+    @staticmethod
+    def _affine(img: np.ndarray, gain: float, offset: float) -> np.ndarray:
+        lut = np.clip(np.arange(256) * gain + offset + 0.5, 0, 255).astype(np.uint8)
+        return cv2.LUT(img, lut)
+
     def _brightness(self, img: np.ndarray) -> np.ndarray:
-        return img * self._factor(self.brightness) if self.brightness else img
+        return self._affine(img, self._factor(self.brightness), 0.0) if self.brightness else img
 
     def _contrast(self, img: np.ndarray) -> np.ndarray:
         if not self.contrast:
             return img
-        mean = float(cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY).mean())
+        mean = float(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).mean())
         f = self._factor(self.contrast)
-        return img * f + mean * (1.0 - f)
+        return self._affine(img, f, mean * (1.0 - f))
 
     def _saturation(self, img: np.ndarray) -> np.ndarray:
         if not self.saturation:
             return img
-        gray = cv2.cvtColor(np.clip(img, 0, 255), cv2.COLOR_RGB2GRAY)[..., None]
+        gray = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
         f = self._factor(self.saturation)
-        return img * f + gray * (1.0 - f)
+        return cv2.addWeighted(img, f, gray, 1.0 - f, 0.0)
 
     def _hue(self, img: np.ndarray) -> np.ndarray:
         if not self.hue:
             return img
         shift = _uniform(-min(self.hue, 0.5), min(self.hue, 0.5))
-        hsv = cv2.cvtColor(np.clip(img, 0, 255) / 255.0, cv2.COLOR_RGB2HSV)  # H in [0, 360)
-        hsv[..., 0] = (hsv[..., 0] + shift * 360.0) % 360.0
-        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL)  # hue over 0..255
+        lut = ((np.arange(256) + round(shift * 256)) % 256).astype(np.uint8)
+        hsv[..., 0] = cv2.LUT(hsv[..., 0], lut)
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
 
 
 @dataclass
