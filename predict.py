@@ -480,7 +480,7 @@ def _infer_with_oom_fallback(logits_fn, batch: list[dict], want_probs: bool, run
     """Infer a batch; on out-of-memory retry one by one, and report an image that alone does not fit."""
     try:
         return list(zip(batch, _infer_batch(logits_fn, batch, want_probs), strict=True))
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if len(batch) == 1:
@@ -506,7 +506,7 @@ def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, 
         try:
             predict_raster(Path(opts.eval_folder) / item.rel, RasterOutputs(paths["label"], paths.get("prob")),
                            logits_fn, num_classes, run.palette, ropts, run.class_names)
-        except (GeoError, RasterioError, OSError, ValueError, torch.OutOfMemoryError) as e:
+        except (GeoError, RasterioError, OSError, ValueError, torch.cuda.OutOfMemoryError) as e:
             run.fail(item.rel, f"raster: {e}")  # unreadable/corrupt file, or bands it does not have
         else:
             run.succeed()

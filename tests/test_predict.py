@@ -216,3 +216,27 @@ def test_result_dir_inside_eval_folder_is_not_read_back_as_input(tmp_path: Path)
     assert (again.total, again.skipped) == (len(rels), len(rels))
     with pytest.raises(PredictError, match="another folder"):
         predict_folder(CountingSeg(), opts_for(tmp_path, tmp_path))
+
+
+class CrashingSeg(CountingSeg):
+    """Dies on its third call, like a job killed mid-run."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.seen >= 4:
+            raise RuntimeError("simulated crash")
+        return super().forward(x)
+
+
+def test_rerun_after_a_crash_finishes_only_what_is_missing(tmp_path: Path) -> None:
+    rels = make_tree(tmp_path / "in", per_dir=4, dirs=("a", "b"))
+    opts = opts_for(tmp_path / "in", tmp_path / "out", batch_size=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        predict_folder(CrashingSeg(), opts)
+    finished = labels(tmp_path / "out")
+    assert 0 < len(finished) < len(rels)
+    assert (tmp_path / "out" / "summary.json").exists()  # reports are written on the way out
+    model = CountingSeg()
+    s = predict_folder(model, opts)
+    assert (s.skipped, s.done, model.seen) == (len(finished), len(rels) - len(finished), len(rels) - len(finished))
+    assert len(labels(tmp_path / "out")) == len(rels)
+    assert not list((tmp_path / "out").rglob(".*.tmp*"))
