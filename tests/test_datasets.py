@@ -180,6 +180,17 @@ def test_mapillary_pre_size_eval(tmp_path):
     assert item["image"].shape == (3, 24, 40) and item["mask"].shape == (24, 40)
 
 
+def test_mapillary_test_split_and_v2_layout(tmp_path):
+    make_mapillary(tmp_path, n=1)
+    _write_png(tmp_path / "testing/images/t0.jpg", np.zeros((12, 20, 3), np.uint8))
+    item = build_dataset("mapillary", root=tmp_path, split="test")[0]
+    assert "mask" not in item and item["image"].shape == (3, 12, 20)
+    (tmp_path / "config.json").rename(tmp_path / "config_v1.2.json")  # Vistas 2.0 package, v1.2 view
+    (tmp_path / "training/v1.2").mkdir()
+    (tmp_path / "training/labels").rename(tmp_path / "training/v1.2/labels")
+    assert build_dataset("mapillary", root=tmp_path).num_classes == 65
+
+
 def test_mapillary_bad_config(tmp_path):
     make_mapillary(tmp_path, n=1)
     (tmp_path / "config.json").write_text("{broken")
