@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets.cityscapes_labels import LABELS, NAME_TO_ID, id_to_trainid_lut
+from datasets.cityscapes_labels import LABELS, NAME_TO_ID
 from utils.io import atomic_imwrite, atomic_write_json
 
 TRAIN_CITIES = ("aachen", "bochum", "bremen")
@@ -297,11 +297,6 @@ def ensure(root: str | os.PathLike | None = None, **options) -> Path:
         generate(root, **options)
         (root / PARTIAL).unlink()
     return root
-
-
-def train_id_map() -> np.ndarray:
-    """The label id -> train id table the synthetic labels use (the Cityscapes one)."""
-    return id_to_trainid_lut()
 
 
 def _parse_size(text: str) -> tuple[int, int]:
