@@ -158,5 +158,9 @@ class RunTask:
     @staticmethod
     def _requeue(environ: dict[str, str]) -> None:
         job_id = slurm_job_id(environ)
-        done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+        try:
+            done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise CommandFailedError(f"requeue of {job_id} impossible here ({e})") from e
+        # Fails harmlessly when an outside `scontrol requeue` already put the job back in the queue.
         print(f"[sbatch] requeue {job_id}: rc={done.returncode} {done.stderr.strip()}", file=sys.stderr)

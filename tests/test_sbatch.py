@@ -229,3 +229,40 @@ def test_settings_resolve_relative_logroot_and_merge_resources(project):
     assert settings.logroot == project / "logs" and settings.resources == {"time": 5, "nodes": 2}
     assert "*.pth" in settings.code_ignore_patterns
     assert "LOGROOT: logs" in render_template.__globals__["TEMPLATE"].read_text()
+
+
+# ---------------------------------------------------------------- inside the job (sbatch.task)
+
+
+def test_distributed_env_from_slurm_variables():
+    from sbatch.task import distributed_env, expand_nodelist
+
+    assert expand_nodelist("gpu[01-02,07],cpu3") == ["gpu01", "gpu02", "gpu07", "cpu3"]
+    env = distributed_env({"SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_NTASKS": "16",
+                           "SLURM_NTASKS_PER_NODE": "8(x2)", "SLURM_JOB_NODELIST": "n[3-4]",
+                           "SLURM_JOB_ID": "123"})
+    assert {k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR")} == {
+        "RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "n3"}
+    assert distributed_env({}) == {}
+
+
+@pytest.mark.parametrize("code, restarts, outcome", [(0, "0", "ok"), (75, "0", "requeued"),
+                                                     (75, "2", "failed"), (3, "0", "failed")])
+def test_run_task_exit_handling(code, restarts, outcome, tmp_path, monkeypatch):
+    """The job-side callable, run here directly (no Slurm): 75 requeues until the bound."""
+    from sbatch.task import CommandFailedError, RunTask, TaskSpec
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    requeued = []
+    monkeypatch.setattr(RunTask, "_requeue", staticmethod(lambda env: requeued.append(env["SLURM_JOB_ID"])))
+    spec = TaskSpec(name="r", logdir=str(tmp_path), argv=[sys.executable, "-c", f"raise SystemExit({code})"],
+                    cwd=str(tmp_path), max_requeue=2)
+    if outcome == "failed":
+        with pytest.raises(CommandFailedError, match=f"exit status {code}"):
+            RunTask()(spec)
+    else:
+        assert RunTask()(spec) == code
+    assert requeued == (["77"] if outcome == "requeued" else [])
+    events = [json.loads(x) for x in (tmp_path / "slurm_events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "exit"] and events[1]["returncode"] == code
