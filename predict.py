@@ -302,6 +302,8 @@ def _logits_fn(model: nn.Module, device: torch.device, opts: PredictOptions):
     use_amp = opts.amp and device.type == "cuda"
 
     def fn(x: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda":  # the stacked batch, pinned, copies asynchronously
+            x = x.pin_memory()
         x = x.to(device, non_blocking=True)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             return network_predict(model, x, scales=opts.scales, flip=opts.flip)["pred"].float()
@@ -443,15 +445,13 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)
 
 
-def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions,
-                   pin_memory: bool) -> Iterator[list[dict]]:
+def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions) -> Iterator[list[dict]]:
     """Decoded samples from DataLoader workers, grouped by size; failures go to the report."""
     from torch.utils.data import DataLoader
 
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=opts.workers,
                         worker_init_fn=_worker_init if opts.workers else None,
-                        prefetch_factor=max(4, 2 * opts.batch_size // max(1, opts.workers)) if opts.workers else None,
-                        pin_memory=pin_memory)
+                        prefetch_factor=max(4, 2 * opts.batch_size // max(1, opts.workers)) if opts.workers else None)
     buckets = SizeBuckets(opts.batch_size)
     for sample in loader:
         if sample["error"]:
@@ -461,13 +461,13 @@ def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions,
     yield from buckets.flush()
 
 
-def _run_photos(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, device: torch.device) -> None:
+def _run_photos(items: list[Item], logits_fn, run: _Run, opts: PredictOptions) -> None:
     if not items:
         return
     ds = FolderDataset(opts.eval_folder, files=[it.rel for it in items], short_side=opts.infer_short_side,
                        size_divisor=opts.size_divisor, max_pixels=opts.max_pixels,
                        keep_original=opts.overlay)
-    for batch in _photo_batches(ds, run, opts, pin_memory=device.type == "cuda"):
+    for batch in _photo_batches(ds, run, opts):
         for sample, result in _infer_with_oom_fallback(logits_fn, batch, opts.probs, run):
             item = items[sample["index"]]
             label, prob = _resize_back(*result, sample["size"])
@@ -543,7 +543,7 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
     run = _Run(opts, summary, palette, class_names, len(items))
     start = time.perf_counter()
     try:
-        _run_photos([it for it in items if not it.raster], logits_fn, run, opts, device)
+        _run_photos([it for it in items if not it.raster], logits_fn, run, opts)
         _run_rasters([it for it in items if it.raster], logits_fn, run, opts, num_classes)
     finally:
         run.close()
