@@ -20,6 +20,7 @@ imported), so the job does not depend on where this repository lives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,6 +89,24 @@ def _expand_group(group: str) -> list[str]:
     return out
 
 
+def wait_exit_status(pid: int, timeout: float) -> int | None:
+    """The exit status of child ``pid`` once it exits, *without* reaping it (``WNOWAIT``).
+
+    Runs inside a signal handler that interrupted ``Popen.wait()`` in the same thread: that wait
+    holds the Popen's lock (so ``poll``/``wait`` cannot work here) and must still reap the child.
+    """
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return None  # already reaped by the interrupted wait
+        if info is not None and info.si_pid == pid:
+            return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        time.sleep(0.1)
+    return None
+
+
 def slurm_job_id(environ: dict[str, str]) -> str:
     if "SLURM_ARRAY_JOB_ID" in environ:
         return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
@@ -107,12 +126,14 @@ class RunTask:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
+        self._signalled = False
 
     def __getstate__(self) -> dict:
         return {}
 
     def __setstate__(self, state: dict) -> None:
         self._proc = None
+        self._signalled = False
 
     def __call__(self, spec: TaskSpec) -> int:
         environ = dict(os.environ)
@@ -141,16 +162,18 @@ class RunTask:
         import submitit
 
         proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGUSR1)  # in case the signal did not reach it directly
-            try:
-                proc.wait(timeout=spec.grace_s)
-            except subprocess.TimeoutExpired:
+        code = None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR1)  # in case the signal did not reach it directly
+            code = wait_exit_status(proc.pid, spec.grace_s)
+            if code is None:
                 print(f"[sbatch] {spec.name}: no exit {spec.grace_s}s after the signal", file=sys.stderr)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        code = None if proc is None else proc.poll()
-        record(spec.logdir, event="exit", job_id=slurm_job_id(dict(os.environ)), returncode=code,
-               restart=restarts, signal=True)
+        if not self._signalled:  # srun may deliver the signal twice: record the exit once
+            self._signalled = True
+            record(spec.logdir, event="exit", job_id=slurm_job_id(dict(os.environ)), returncode=code,
+                   restart=restarts, signal=True)
         if restarts >= spec.max_requeue:
             return None  # submitit then ends the job as failed
         return submitit.helpers.DelayedSubmission(self, spec)

@@ -266,3 +266,22 @@ def test_run_task_exit_handling(code, restarts, outcome, tmp_path, monkeypatch):
     assert requeued == (["77"] if outcome == "requeued" else [])
     events = [json.loads(x) for x in (tmp_path / "slurm_events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["start", "exit"] and events[1]["returncode"] == code
+
+
+def test_exit_status_seen_from_a_handler_that_interrupted_wait():
+    """checkpoint() runs in a signal handler on top of Popen.wait(): it must see the status
+    without reaping (the interrupted wait still gets it)."""
+    import signal
+    import threading
+
+    from sbatch.task import wait_exit_status
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(0.5); sys.exit(75)"])
+    seen = {}
+    old = signal.signal(signal.SIGUSR1, lambda *_: seen.update(code=wait_exit_status(proc.pid, 10)))
+    try:
+        threading.Timer(0.1, lambda: os.kill(os.getpid(), signal.SIGUSR1)).start()
+        assert proc.wait() == 75
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert seen == {"code": 75}

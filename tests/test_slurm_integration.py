@@ -101,6 +101,35 @@ def requeue_after_checkpoint(job_id: str, logdir: Path, env: dict, out: dict) ->
         out["requeue_error"] = repr(e)
 
 
+STANDIN_TRAIN = """\
+import json, os, signal, sys, time
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+out, total = args["--result_dir"], int(args["--iters"])
+state_path = os.path.join(out, "state.json")
+state = json.load(open(state_path)) if os.path.exists(state_path) else {"it": 0, "starts": 0}
+state["starts"] += 1
+stop = []
+signal.signal(signal.SIGUSR1, lambda *_: stop.append("USR1"))
+signal.signal(signal.SIGTERM, lambda *_: stop.append("TERM"))
+def save():
+    json.dump(state, open(state_path + ".tmp", "w")); os.replace(state_path + ".tmp", state_path)
+while state["it"] < total:
+    if stop:
+        state["stopped_by"] = stop[0]; save(); sys.exit(75)
+    time.sleep(0.25); state["it"] += 1; save()
+save()
+"""
+
+
+def signal_when_running(job_id: str, logdir: Path, env: dict, out: dict) -> None:
+    """Slurm's time-limit warning, sent now: USR1 to the job's steps (not the batch shell)."""
+    try:
+        wait_until(lambda: (logdir / "state.json").exists(), 200, "the stand-in to run", poll=0.2)
+        subprocess.run(["scancel", "--signal=USR1", job_id], check=True, env=env, capture_output=True)
+    except Exception as e:  # reported by the test
+        out["usr1_error"] = repr(e)
+
+
 @pytest.fixture(scope="module")
 def jobs(slurm_cluster, synthetic_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slurm_exps")
@@ -120,6 +149,14 @@ def jobs(slurm_cluster, synthetic_root, tmp_path_factory):
     out["requeuer"] = threading.Thread(target=requeue_after_checkpoint, daemon=True,
                                        args=(job_id, Path(logdir), env, out))
     out["requeuer"].start()
+    standin = tmp / "standin_train.py"
+    standin.write_text(STANDIN_TRAIN)
+    out["usr1"] = submit(cfg, yml(tmp / "usr1.yml", {
+        "CMD": f"python {standin}", "HPARAMS": {"iters": 40, "result_dir": "LOGDIR"}}), env=env)
+    (job_id, _, logdir), = out["usr1"]
+    out["signaller"] = threading.Thread(target=signal_when_running, daemon=True,
+                                        args=(job_id, Path(logdir), env, out))
+    out["signaller"].start()
     out["sweep"] = submit(cfg, yml(tmp / "sweep.yml", f"""\
         CMD: "{TINY}"
         HPARAMS:
@@ -229,3 +266,19 @@ def test_container_wrapping_with_standin_apptainer(jobs):
     args = json.loads((Path(logdir) / "args.json").read_text())
     assert args == ["--name", TRICKY, "--out", str(Path(logdir) / "args.json")]
     assert not list(Path(logdir).rglob("PWNED*")) and not list(REPO.glob("PWNED*"))
+
+
+def test_time_limit_warning_checkpoints_and_requeues_through_submitit(jobs):
+    """USR1 (what --signal=USR1@N sends before the limit) reaches the program, which saves and
+    exits 75; submitit's checkpoint hook on the host requeues; the next start resumes."""
+    (job_id, _, logdir), = jobs["usr1"]
+    jobs["signaller"].join(timeout=220)
+    assert "usr1_error" not in jobs, jobs.get("usr1_error")
+    assert wait_terminal([job_id], timeout=240)[job_id] == "COMPLETED"
+    ev = events(logdir)
+    assert [(e["event"], e.get("returncode"), e["restart"]) for e in ev] == [
+        ("start", None, 0), ("exit", 75, 0), ("start", None, 1), ("exit", 0, 1)], ev
+    assert ev[1].get("signal") is True  # recorded by the checkpoint hook
+    state = json.loads((Path(logdir) / "state.json").read_text())
+    assert state == {"it": 40, "starts": 2, "stopped_by": "USR1"}
+
