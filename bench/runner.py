@@ -92,6 +92,7 @@ def local_cluster() -> Iterator[dict[str, str]]:
         s.close()
     started = subprocess.run(["bash", str(script), "start", root], env=env, capture_output=True, text=True)
     if started.returncode != 0:
+        subprocess.run(["bash", str(script), "stop", root], env=env, capture_output=True)
         raise RuntimeError(f"local cluster did not start: {started.stderr}")
     os.environ["SLURM_CONF"] = f"{root}/etc/slurm.conf"
     try:
