@@ -20,7 +20,7 @@ EPOCHS = 2
 
 
 def _args(root, rd):
-    return tiny_args(root, rd, "--max_epoch", str(EPOCHS), "--deterministic", "--val_freq", "1",
+    return tiny_args(root, rd, "--max_epoch", str(EPOCHS), "--deterministic", "--val_freq", "100",
                      "--ckpt_freq", "0", "--seed", "3")
 
 

@@ -21,7 +21,7 @@ def tiny_args(root: Path, result_dir: Path, *extra: str, arch: str = "ocrnet.HRN
             "--log_freq", "1", "--result_dir", str(result_dir), "--dump_num_images", "2", *extra]
 
 
-def run_train(args: list[str], timeout: int = 300, env: dict | None = None,
+def run_train(args: list[str], timeout: int = 900, env: dict | None = None,
               launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + [str(REPO / "train.py"), *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
