@@ -57,7 +57,8 @@ class MscaleOCR(nn.Module):
     Training: two scales (input and ``mscale_lo_scale``) -> ``pred``, ``aux``, ``pred_lo``,
     ``pred_hi``, ``attn_lo`` (all at input size). Eval: scales ``scales`` (default
     ``eval_scales``; must contain 1.0) combined hierarchically -> ``pred`` and
-    ``attn_<s>x`` per scale (at input size). With ``eval_scales=None`` eval uses the
+    ``attn_<s>x`` (at input size) for every scale but the largest, whose attention the
+    combination does not use (the reference omits ``attn_2x`` too). With ``eval_scales=None`` eval uses the
     two-scale path, as the reference does without ``N_SCALES``.
     """
 
@@ -79,12 +80,18 @@ class MscaleOCR(nn.Module):
         self.ocr = OCRBlock(trunk_channels(self.backbone), num_classes, widths)
         self.scale_attn = make_attn_head(widths.mid, widths.attn_bottleneck, 1)
 
-    def _fwd(self, x: torch.Tensor, with_aux: bool) -> dict[str, torch.Tensor]:
-        """One scale: logits, aux logits (optional) and attention, all at ``x``'s size."""
+    def _fwd(self, x: torch.Tensor, with_aux: bool, with_attn: bool = True) -> dict[str, torch.Tensor]:
+        """One scale: logits, aux logits and attention (each optional), all at ``x``'s size.
+
+        Eval skips what the combination does not use (aux; the attention of the largest
+        scale), which changes no output. Training computes the attention at every scale, as
+        the reference does: the attention head's BatchNorm statistics see every scale.
+        """
         cls_out, aux_out, ocr_feats = self.ocr(self.backbone(x))
-        attn = self.scale_attn(ocr_feats)
         size, ac = x.shape[-2:], self.align_corners
-        out = {"cls": resize_to(cls_out, size, ac), "attn": resize_to(attn, size, ac)}
+        out = {"cls": resize_to(cls_out, size, ac)}
+        if with_attn or self.training:
+            out["attn"] = resize_to(self.scale_attn(ocr_feats), size, ac)
         if with_aux:
             out["aux"] = resize_to(aux_out, size, ac)
         return out
@@ -101,7 +108,7 @@ class MscaleOCR(nn.Module):
         """Input scale + ``mscale_lo_scale``; the low scale's attention weighs its prediction."""
         ac, with_aux = self.align_corners, self.training
         lo = self._fwd(resize_by(x, self.mscale_lo_scale, ac), with_aux)
-        hi = self._fwd(x, with_aux)
+        hi = self._fwd(x, with_aux, with_attn=False)
         attn = lo["attn"]
         p_lo = scale_as(attn * lo["cls"], hi["cls"], ac)
         attn_lo = scale_as(attn, hi["cls"], ac)
@@ -124,12 +131,14 @@ class MscaleOCR(nn.Module):
         pred = aux = None
         out: dict[str, torch.Tensor] = {}
         for s in sorted(scales, reverse=True):
-            cur = self._fwd(resize_by(x, s, ac), with_aux)
+            first = pred is None
+            cur = self._fwd(resize_by(x, s, ac), with_aux, with_attn=not first)
+            if first:  # the largest scale: its attention is never used
+                pred, aux = cur["cls"], cur.get("aux")
+                continue
             cls_out, attn = cur["cls"], cur["attn"]
             out[scale_key("attn", s)] = scale_as(attn, x, ac)
-            if pred is None:
-                pred, aux = cls_out, cur.get("aux")
-            elif s >= 1.0:
+            if s >= 1.0:
                 pred = attn * cls_out + (1 - attn) * scale_as(pred, cls_out, ac)
                 if with_aux:
                     aux = attn * cur["aux"] + (1 - attn) * scale_as(aux, cls_out, ac)

@@ -50,7 +50,8 @@ def test_output_keys_and_shapes_train_and_eval(name):
         assert value.shape == ((2, 1, 64, 64) if key.startswith("attn") else (2, NUM_CLASSES, 64, 64))
     with torch.no_grad():
         out = model.eval()(x)
-    expected = {"pred"} | ({"attn_0.5x", "attn_1x", "attn_2x"} if model.multiscale else set())
+    # No attn_2x: the largest scale's attention is unused (and not computed) in eval.
+    expected = {"pred"} | ({"attn_0.5x", "attn_1x"} if model.multiscale else set())
     assert set(out) == expected
     assert out["pred"].shape == (2, NUM_CLASSES, 64, 64)
     if model.multiscale:
@@ -79,7 +80,7 @@ def test_scale_one_equals_single_scale_model(mscale):
     with torch.no_grad():
         ms = mscale(x, scales=(1.0,))
         assert torch.equal(ms["pred"], single(x)["pred"])
-        assert set(ms) == {"pred", "attn_1x"}
+        assert set(ms) == {"pred"}
         assert torch.equal(predict(mscale, x, scales=[1.0])["pred"], ms["pred"])
 
 
