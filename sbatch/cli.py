@@ -22,7 +22,7 @@ from . import launch, manifest
 from .expand import ExperimentError, check_unique, expand_experiment
 from .launch import LaunchError, Planned
 from .resources import ResourceError, farm_spec
-from .runxconf import REPO, ConfigFileError, Settings, load_settings, write_runx
+from .runxconf import REPO, ConfigFileError, Settings, load_settings, logroot_of, write_runx
 
 COMMANDS = ("status", "cancel", "resubmit", "init")
 ERRORS = (ExperimentError, ResourceError, ConfigFileError, LaunchError, manifest.ManifestError)
@@ -117,14 +117,7 @@ def exp_dir_of(exp: str, config_file: str | None = None) -> Path:
     if path.suffix in (".yml", ".yaml") and path.is_file():
         settings = load_settings(path, config_file=config_file)
         return settings.logroot / settings.exp_name
-    from .runxconf import find_config, load_yaml, render_template
-
-    cfg_path = find_config(config_file, Path.cwd())
-    import yaml
-
-    config = load_yaml(cfg_path) if cfg_path else yaml.safe_load(render_template())
-    base = cfg_path.parent if cfg_path else REPO
-    return (base / str(config["LOGROOT"])).resolve() / exp
+    return logroot_of(config_file) / exp
 
 
 def main_status(argv: Sequence[str]) -> int:

@@ -11,7 +11,7 @@
 # slurmctld slurmd slurm-client munge slurmdbd mariadb-server (installed when missing and
 # HMSA_SLURM_INSTALL=1, as in .ci/install.sh --slurm). What was found to matter on a container
 # without systemd is recorded in ../shared/notes/local-slurm.md; the comments say why per line.
-set -euo pipefail
+set -Eeuo pipefail
 
 CMD=${1:-}
 DIR=$(realpath -m "${2:-${HMSA_SLURM_DIR:-/tmp/hmsa-slurm}}")
@@ -178,6 +178,8 @@ stop_one() {  # stop_one PIDFILE NAME
 
 case "$CMD" in
   start)
+    # a half-started cluster would hold ports and pid files: stop what did start
+    trap 'log "start failed; stopping the daemons started so far"; bash "$0" stop "$DIR" || true' ERR
     install_if_needed
     export PATH=$PATH:/usr/sbin
     write_confs

@@ -89,6 +89,16 @@ def _farm_view(config: dict[str, Any], farm: str | None) -> tuple[str | None, di
     return farm, section
 
 
+def logroot_of(config_file: str | None = None, cwd: Path | None = None) -> Path:
+    """LOGROOT of the runx config in effect (the template's when there is none)."""
+    path = find_config(config_file, Path(cwd or os.getcwd()))
+    config = load_yaml(path) if path else yaml.safe_load(render_template())
+    if not config.get("LOGROOT"):
+        raise ConfigFileError(f"no LOGROOT in {path or TEMPLATE}")
+    base = path.parent if path else REPO
+    return Path(os.path.abspath(base / os.path.expanduser(str(config["LOGROOT"]))))
+
+
 def load_settings(exp_yml: str | Path, *, config_file: str | None = None, farm: str | None = None,
                   exp_name: str | None = None, cwd: Path | None = None) -> Settings:
     """Merge the runx config and the experiment file into :class:`Settings`."""
