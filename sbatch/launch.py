@@ -8,7 +8,6 @@ script Slurm received) and ``slurm.log`` (a link to the job's output).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import shutil
@@ -238,10 +237,6 @@ def print_jobs(entries: Sequence[dict]) -> None:
     for e in entries:
         print(f"{e['job_id']}\t{e['name']}\t{e['logdir']}")
     sys.stdout.flush()
-
-
-def dump(obj: object) -> str:
-    return json.dumps(obj, indent=2, default=str)
 
 
 def planned_from_entry(entry: dict, logroot: Path) -> Planned:

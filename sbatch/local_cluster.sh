@@ -8,8 +8,8 @@
 #
 # DIR defaults to $HMSA_SLURM_DIR or /tmp/hmsa-slurm. Clients (sbatch, sacct, submitit, the
 # launcher) need SLURM_CONF=DIR/etc/slurm.conf. Needs root (SlurmUser=root) and Debian's
-# slurmctld slurmd slurm-client munge slurmdbd mariadb-server (installed when missing and
-# HMSA_SLURM_INSTALL=1, as in .ci/install.sh --slurm). What was found to matter on a container
+# slurmctld slurmd slurm-client munge slurmdbd mariadb-server, installed with apt-get when
+# missing (as .ci/install.sh --slurm does; HMSA_SLURM_INSTALL=0 turns that off). What was found to matter on a container
 # without systemd is recorded in ../shared/notes/local-slurm.md; the comments say why per line.
 set -Eeuo pipefail
 
@@ -29,10 +29,12 @@ install_if_needed() {
     command -v "$b" >/dev/null || PATH=$PATH:/usr/sbin command -v "$b" >/dev/null || missing+=("$b")
   done
   [[ ${#missing[@]} -eq 0 ]] && return 0
-  if [[ "${HMSA_SLURM_INSTALL:-0}" != 1 ]]; then
-    log "missing: ${missing[*]}; run 'bash .ci/install.sh --slurm' or set HMSA_SLURM_INSTALL=1"
+  if [[ "${HMSA_SLURM_INSTALL:-1}" != 1 || $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    log "missing: ${missing[*]}; install with 'bash .ci/install.sh --slurm' (root, Debian)"
     exit 3
   fi
+  log "installing Debian's Slurm, munge and MariaDB (missing: ${missing[*]})"
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     slurmctld slurmd slurm-client munge slurmdbd mariadb-server >/dev/null
 }

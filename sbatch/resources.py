@@ -161,7 +161,3 @@ def submitit_parameters(spec: FarmSpec, *, job_name: str, preempt_signal: str) -
     return params
 
 
-def replace(spec: FarmSpec, **changes: Any) -> FarmSpec:
-    return dataclasses.replace(spec, **changes)
-
-
