@@ -98,3 +98,14 @@ def test_train_py_help_runs():
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "--amp_opt_level" in out.stdout
+
+
+def test_eval_folder_delegates_to_predict(runs, synthetic_root, tmp_path):
+    folder = synthetic_root / "leftImg8bit" / "val"
+    args = tiny_args(synthetic_root, tmp_path, "--eval", "folder", "--eval_folder", str(folder),
+                     "--snapshot", str(runs / "fp32" / "best.pth"), "--dump_assets")
+    assert cli(args) == 0
+    images = sorted(folder.rglob("*.png"))
+    labels = sorted((tmp_path / "label").rglob("*.png"))
+    assert len(labels) == len(images) == 4
+    assert len(sorted((tmp_path / "overlay").rglob("*"))) == 4  # --dump_assets -> overlays
