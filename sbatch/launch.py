@@ -228,6 +228,7 @@ def record_submission(planned: Planned, job, folder: Path) -> dict:
     link.symlink_to(paths.stdout)
     entry = {"name": planned.run.name, "logdir": planned.run.logdir, "job_id": job.job_id,
              "command": planned.run.command, "argv": list(planned.run.argv), "env": planned.run.env,
+             "task_argv": task_spec(planned).argv,
              "hparams": planned.run.hparams, "resources": dataclasses.asdict(planned.spec),
              "log": str(paths.stdout)}
     return entry
