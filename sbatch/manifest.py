@@ -2,7 +2,7 @@
 
 The manifest lists every submitted run with its job id (``123`` or ``123_4`` for an array task),
 the exact command and resources, and the job ids of earlier submissions of the same run. States
-come from one batched ``sacct`` call (accounting) with a ``squeue`` fallback; the command's own
+come from one batched ``sacct`` call (needs Slurm accounting); the command's own
 exit status from the run's ``slurm_events.jsonl``; the last metric from its ``metrics.json`` or
 runx ``metrics.csv``.
 """
