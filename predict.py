@@ -149,7 +149,9 @@ def resolve_shard(spec: str | None, env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     if spec and spec != "auto":
         base = _parse_shard(spec)
-    elif "SLURM_ARRAY_TASK_ID" in env:
+    elif "SLURM_ARRAY_TASK_ID" in env and not env.get("HMSA_SWEEP_RUN"):
+        # HMSA_SWEEP_RUN: set by `python -m sbatch` tasks, whose array index picks a run of the
+        # sweep rather than a shard of the images (those runs pass --shard explicitly).
         base = _slurm_shard(env)
     else:
         base = Shard(0, 1)

@@ -15,6 +15,8 @@ TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 "$PY" -m pip install --quiet --disable-pip-version-check '.[test]'
 # pip leaves a build/ folder behind for the metadata-only install
 rm -rf build hmsa_seg.egg-info
+# runx needs an absolute LOGROOT: write ./.runx (untracked) from sbatch/runx_template.yml
+"$PY" -m sbatch init
 
 if [[ "${1:-}" == "--slurm" ]]; then
   if command -v slurmctld >/dev/null && command -v slurmdbd >/dev/null && command -v mariadbd >/dev/null && command -v munged >/dev/null; then

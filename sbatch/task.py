@@ -50,6 +50,9 @@ class TaskSpec:
     grace_s: float = 60.0  # how long checkpoint() waits for the program to save and exit
 
 
+SWEEP_RUN_ENV = "HMSA_SWEEP_RUN"
+
+
 def distributed_env(environ: dict[str, str]) -> dict[str, str]:
     """torch.distributed's env:// variables, derived from Slurm's task variables."""
     if "SLURM_PROCID" not in environ:
@@ -137,7 +140,9 @@ class RunTask:
 
     def __call__(self, spec: TaskSpec) -> int:
         environ = dict(os.environ)
-        env = {**environ, **spec.env, **distributed_env(environ)}
+        # SWEEP_RUN_ENV tells the program that an array task id is "which run of the sweep",
+        # not "which shard of the data" (predict.py shards by array task only without it).
+        env = {**environ, **spec.env, **distributed_env(environ), SWEEP_RUN_ENV: spec.name}
         restarts = int(environ.get("SLURM_RESTART_COUNT", "0"))
         rank0 = env.get("RANK", "0") == "0"
         if rank0:

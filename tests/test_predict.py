@@ -91,6 +91,8 @@ def test_resolve_shard_sources() -> None:
     env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_STEP": "2",
            "SLURM_ARRAY_TASK_COUNT": "5"}
     assert resolve_shard(None, env) == Shard(3, 5, "slurm-array")
+    # a task of a `python -m sbatch` sweep array is one run of the sweep, not a data shard
+    assert resolve_shard(None, {**env, "HMSA_SWEEP_RUN": "run_a"}) == Shard(0, 1)
     assert resolve_shard("1/4", {"RANK": "1", "WORLD_SIZE": "2"}).index == 3
     with pytest.raises(PredictError, match="0 <= INDEX"):
         resolve_shard("4/4", {})
