@@ -19,6 +19,7 @@ def _params(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
+@pytest.mark.slow
 def test_two_process_gloo_matches_single_process(synthetic_root, tmp_path):
     single = run_train(tiny_args(synthetic_root, tmp_path / "single", *COMMON, "--global_batch_size", "2"))
     assert single.returncode == 0, single.stderr[-3000:]

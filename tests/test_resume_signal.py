@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import pytest
 import torch
 
 from tests.test_train_helpers import REPO, model_state, run_train, tiny_args
@@ -40,6 +41,7 @@ def _progress(err: list[str]) -> int:
     return max(done, default=0)
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_reproduces_uninterrupted_weights(synthetic_root, tmp_path):
     total = STEPS_PER_EPOCH * EPOCHS
     stop_after = random.randint(1, total - 2)

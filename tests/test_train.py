@@ -12,6 +12,8 @@ import pytest
 from tests.test_train_helpers import REPO, scalars, tiny_args
 from train import cli
 
+pytestmark = pytest.mark.slow  # the module fixture trains three tiny runs
+
 
 @pytest.fixture(scope="module")
 def runs(synthetic_root, tmp_path_factory):
