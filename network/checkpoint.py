@@ -37,6 +37,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         except Exception as e:  # corrupt file: report both attempts
             raise CheckpointError(f"cannot read checkpoint {path}: {e} (weights-only load: "
                                   f"{safe_error})") from e
+        warnings.warn(f"{path} holds non-tensor Python objects (as the reference's published "
+                      "checkpoints do) and was read with torch.load(weights_only=False), which "
+                      "runs code from the file: load only checkpoints you trust", stacklevel=3)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: not a valid torch file ({e})") from e
     if not isinstance(obj, Mapping):

@@ -38,13 +38,19 @@ def predict(model: nn.Module, x: torch.Tensor, scales: Sequence[float] | None = 
     return {k: (views[0][k] + views[1][k]) / 2 for k in views[1]}
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel/DataParallel wrapper (for its attributes)."""
+    return model.module if isinstance(getattr(model, "module", None), nn.Module) else model
+
+
 def _forward_scales(model: nn.Module, x: torch.Tensor,
                     scales: Sequence[float] | None) -> dict[str, torch.Tensor]:
-    if getattr(model, "multiscale", False):
+    net = _unwrap(model)
+    if getattr(net, "multiscale", False):
         return model(x, scales=scales)
     if scales is None or tuple(scales) == (1.0,):
         return model(x)
-    align_corners = getattr(model, "align_corners", False)
+    align_corners = getattr(net, "align_corners", False)
     total = None
     for s in scales:
         # The reference resizes to round(size * s); resize_by uses floor. Use the reference's.
