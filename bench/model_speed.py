@@ -78,12 +78,13 @@ def _child(variant: str, mode: str, size: tuple[int, int], repeats: int, warmup:
     rss_built = _rss_mb()
     for _ in range(warmup):
         run()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run()
         times.append(time.perf_counter() - start)
-    return {"times": times, "peak_rss_mb": _rss_mb(), "rss_built_mb": rss_built}
+        cpu.append(time.process_time() - start_cpu)
+    return {"times": times, "cpu": cpu, "peak_rss_mb": _rss_mb(), "rss_built_mb": rss_built}
 
 
 def _measure(variant: str, mode: str, size: tuple[int, int], repeats: int, warmup: int,
@@ -102,18 +103,18 @@ def _measure(variant: str, mode: str, size: tuple[int, int], repeats: int, warmu
 def _fmt(result: dict) -> tuple[str, str]:
     if "error" in result:
         return "failed", result["error"][:60]
-    best = min(result["times"])
-    return f"{best:.2f}", f"{result['peak_rss_mb'] / 1024:.2f} ({result['rss_built_mb'] / 1024:.2f})"
+    return (f"{min(result['times']):.2f} / {min(result['cpu']):.2f}",
+            f"{result['peak_rss_mb'] / 1024:.2f} ({result['rss_built_mb'] / 1024:.2f})")
 
 
 def _table(results: dict, sizes: list[tuple[int, int]], modes: list[str]) -> str:
-    rows = ["| input | measurement | baseline s | optimized s | speed-up | baseline peak RSS GiB (after build) | optimized peak RSS GiB (after build) |",
+    rows = ["| input | measurement | baseline s wall / CPU | optimized s wall / CPU | speed-up wall / CPU | baseline peak RSS GiB (after build) | optimized peak RSS GiB (after build) |",
             "|---|---|---|---|---|---|---|"]
     for size in sizes:
         for mode in modes:
             base, opt = results[(size, mode, "baseline")], results[(size, mode, "optimized")]
             (bt, bm), (ot, om) = _fmt(base), _fmt(opt)
-            speed = (f"{min(base['times']) / min(opt['times']):.2f}x"
+            speed = (f"{min(base['times']) / min(opt['times']):.2f}x / {min(base['cpu']) / min(opt['cpu']):.2f}x"
                      if "times" in base and "times" in opt else "-")
             rows.append(f"| 1x3x{size[0]}x{size[1]} | {MODE_LABEL[mode]} | {bt} | {ot} | {speed} | {bm} | {om} |")
     return "\n".join(rows)
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if str(REPO) not in sys.path:  # also runnable as `python bench/model_speed.py`
+        sys.path.insert(0, str(REPO))
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(_child(spec["variant"], spec["mode"], tuple(spec["size"]), spec["repeats"],
@@ -153,12 +156,15 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_write:
         from bench._results import write_section
 
-        write_section("model_speed", body)
+        command = "python -m bench.model_speed " + " ".join(sys.argv[1:])
+        write_section("model_speed", body, command=command)
 
 
 def _body(results: dict, sizes: list, modes: list, args: argparse.Namespace, load: list[float]) -> str:
     return f"""`ocrnet.HRNet_Mscale` (HRNetV2-W48 + OCR + scale attention, 19 classes, random weights), CPU,
-batch 1, float32. Times: best of {args.repeats} timed run(s) after {args.warmup} warm-up run(s), seconds.
+batch 1, float32. Times: best of {args.repeats} timed run(s) after {args.warmup} warm-up run(s), seconds:
+wall clock / CPU time of the process (`time.process_time`, all threads; less sensitive to other
+jobs on the machine than wall time, though OpenMP spin-waiting still inflates it).
 Peak memory: peak RSS (`ru_maxrss`) of a fresh process per measurement, weights included; in
 brackets the RSS right after building the model.
 
