@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -135,7 +136,7 @@ def main() -> int:
             f"(growth of peak RSS during the pass):\n\n| level | peak MiB | seconds |\n|---|---|---|\n"
             + "".join(f"| {m['level']} ({'fp32' if m['level'] == 'O0' else 'bf16, BN fp32'}) | "
                       f"{m['peak_mib']:.0f} | {m['seconds']:.1f} |\n" for m in mem)
-            + "\nThe CPU is shared with other jobs while this runs: treat the speeds as lower bounds.")
+            + f"\n1-minute load average at the end: {os.getloadavg()[0]:.1f} (other jobs on the CPU slow the speeds).")
     from bench._results import write_section
 
     write_section("train_speed", body, command=f"python bench/train_speed.py --iters {args.iters}")
