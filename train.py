@@ -315,8 +315,8 @@ def validate(run: Run, epoch: int, final: bool = False) -> dict[str, Any]:
     if improved:
         run.state.best_miou = metrics["miou"]
     if info.is_main:
-        run.logger.msg(f"epoch {epoch} iteration {run.state.iteration}: mIoU {100 * metrics['miou']:.2f}\n"
-                       + format_table(metrics, ds.class_names))
+        where = f"epoch {epoch} iteration {run.state.iteration}" if cfg.eval.eval is None else f"--eval {cfg.eval.eval}"
+        run.logger.msg(f"{where}: mIoU {100 * metrics['miou']:.2f}\n" + format_table(metrics, ds.class_names))
         run.logger.val(epoch, metrics, ds.class_names)
         for i, panel in enumerate(dumper.panels):
             run.logger.image(f"val_images/{i}", panel, epoch)
