@@ -110,4 +110,4 @@ def test_eval_folder_delegates_to_predict(runs, synthetic_root, tmp_path):
     images = sorted(folder.rglob("*.png"))
     labels = sorted((tmp_path / "label").rglob("*.png"))
     assert len(labels) == len(images) == 4
-    assert len(sorted((tmp_path / "overlay").rglob("*"))) == 4  # --dump_assets -> overlays
+    assert len(sorted((tmp_path / "overlay").rglob("*.jpg"))) == 4  # --dump_assets -> overlays
