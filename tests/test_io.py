@@ -31,3 +31,10 @@ def test_atomic_imwrite_roundtrip(tmp_path):
     img = (np.arange(12 * 10 * 3) % 256).astype(np.uint8).reshape(12, 10, 3)
     atomic_imwrite(tmp_path / "x.png", img)
     assert np.array_equal(cv2.imread(str(tmp_path / "x.png")), img)
+
+
+def test_atomic_files_get_the_umask_mode_not_0600(tmp_path):
+    from utils import io
+
+    atomic_write_text(tmp_path / "m.txt", "x")
+    assert (tmp_path / "m.txt").stat().st_mode & 0o777 == 0o666 & ~io._UMASK
