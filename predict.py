@@ -441,10 +441,10 @@ class _Run:
 
 
 def _worker_init(_: int) -> None:
-    import cv2
-
+    # Only torch's pool is narrowed. Never call cv2.setNumThreads in a forked worker: when the
+    # parent has used OpenCV's pthreads pool, that call waits forever for threads that were not
+    # forked (tests/test_predict.py::test_workers_after_parent_used_opencv_threads).
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions) -> Iterator[list[dict]]:

@@ -242,3 +242,15 @@ def test_rerun_after_a_crash_finishes_only_what_is_missing(tmp_path: Path) -> No
     assert (s.skipped, s.done, model.seen) == (len(finished), len(rels) - len(finished), len(rels) - len(finished))
     assert len(labels(tmp_path / "out")) == len(rels)
     assert not list((tmp_path / "out").rglob(".*.tmp*"))
+
+
+@pytest.mark.timeout(60)
+def test_workers_after_parent_used_opencv_threads(tmp_path: Path) -> None:
+    # Regression: forked DataLoader workers hung in cv2.setNumThreads once the parent process
+    # had run OpenCV's pthreads pool (as any earlier test, or a training loop, does).
+    big = np.zeros((1500, 1500, 3), np.uint8)
+    for _ in range(3):
+        cv2.GaussianBlur(cv2.resize(big, (1400, 1400)), (5, 5), 0)
+    rels = make_tree(tmp_path / "in", per_dir=2, dirs=("a",))
+    s = predict_folder(CountingSeg(), opts_for(tmp_path / "in", tmp_path / "out", workers=2))
+    assert s.done == len(rels) and s.failed == 0
