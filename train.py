@@ -396,7 +396,9 @@ def run_training(run: Run, train_ds: Any, ckpt: dict[str, Any] | None) -> int:
 def _epochs(run: Run) -> int:
     cfg, st = run.cfg, run.state
     with run.stop:
-        while st.epoch < cfg.train.max_epoch and st.iteration < run.total_iters:
+        # consumed > 0: a checkpoint taken inside the last epoch (even at its final iteration)
+        # still owes that epoch's close: validation, best.pth and the final metrics
+        while st.epoch < cfg.train.max_epoch and (st.iteration < run.total_iters or st.consumed > 0):
             if train_one_epoch(run, st.epoch):
                 save(run, ckpt_io.LAST)
                 _say(run.info, f"stopped by signal {run.stop.signum} at iteration {st.iteration}; "

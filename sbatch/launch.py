@@ -104,9 +104,14 @@ def snapshot_code(src: Path, dst: Path, patterns: Sequence[str]) -> None:
     """runx's copy of the code into ``<logdir>/code`` (``CODE_IGNORE_PATTERNS`` left out)."""
     if dst.exists():
         return  # a resubmitted run keeps the code it started with
+    # copy beside dst, then rename: an interrupted copy never passes for a complete snapshot
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*patterns), symlinks=True)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(*patterns), symlinks=True)
+        os.rename(tmp, dst)
     except (OSError, shutil.Error) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise LaunchError(f"copying {src} to {dst} failed: {e}") from e
 
 
@@ -121,7 +126,7 @@ def write_run_files(planned: Planned, code_root: Path, patterns: Sequence[str]) 
         atomic_write_json(logdir / "hparams.json", {**run.hparams, "srcdir": str(code_root)})
     atomic_write_text(logdir / "command.sh", "#!/bin/sh\n# the run's exact command (runx semantics)\n"
                       f"cd {shlex.quote(planned.code_dir)} && PYTHONPATH={shlex.quote(planned.code_dir)} "
-                      f"exec {run.command}\n")
+                      f"exec env {run.command}\n")  # env: CMD may start with NAME=value words
 
 
 # ---------------------------------------------------------------- local (-i)

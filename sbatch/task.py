@@ -59,12 +59,12 @@ def distributed_env(environ: dict[str, str]) -> dict[str, str]:
         return {}
     ntasks = environ.get("SLURM_NTASKS", "1")
     nodes = expand_nodelist(environ.get("SLURM_JOB_NODELIST", socket.gethostname()))
-    job = environ.get("SLURM_ARRAY_JOB_ID") or environ.get("SLURM_JOB_ID", "0")
-    task = environ.get("SLURM_ARRAY_TASK_ID", "0")
     per_node = environ.get("SLURM_NTASKS_PER_NODE", ntasks).split("(")[0]
     return {"RANK": environ["SLURM_PROCID"], "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
             "WORLD_SIZE": ntasks, "LOCAL_WORLD_SIZE": per_node, "MASTER_ADDR": nodes[0],
-            "MASTER_PORT": str(20000 + (int(job) * 7 + int(task)) % 20000)}
+            # SLURM_JOB_ID is unique per array task and equal on all its ranks (the array's
+            # own id plus the task index would collide between back-to-back arrays)
+            "MASTER_PORT": str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000)}
 
 
 def expand_nodelist(nodelist: str) -> list[str]:

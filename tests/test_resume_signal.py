@@ -68,3 +68,27 @@ def test_sigterm_then_resume_reproduces_uninterrupted_weights(synthetic_root, tm
     differing = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differing, f"stopped after iteration {stopped['iteration']}: {differing[:5]} differ"  # bit-exact
     assert torch.load(tmp_path / "interrupted" / "last.pth", weights_only=True)["iteration"] == total
+
+
+@pytest.mark.slow
+def test_checkpoint_at_the_final_iteration_still_closes_the_epoch(synthetic_root, tmp_path):
+    # A job stopped after `last.pth` was written at the final iteration but before the epoch's
+    # close (ckpt_freq hit the last step, then the job was killed or requeued during validation):
+    # the resumed run must still validate and write the final metrics, not exit at once.
+    done = tmp_path / "done"
+    args = tiny_args(synthetic_root, done, "--max_epoch", "1", "--val_freq", "100", "--ckpt_freq", "0")
+    first = run_train(args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpt = torch.load(done / "last.pth", weights_only=True)
+    assert ckpt["iteration"] == STEPS_PER_EPOCH and ckpt["sampler"]["consumed"] == 0
+    ckpt["epoch"] = ckpt["sampler"]["epoch"] = 0  # as written inside the epoch, at its last step
+    ckpt["sampler"]["consumed"] = STEPS_PER_EPOCH * 2
+    ckpt["best_miou"] = -1.0  # that epoch was never validated
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    torch.save(ckpt, cut / "last.pth")
+    resumed = run_train(tiny_args(synthetic_root, cut, "--max_epoch", "1", "--val_freq", "100",
+                                  "--ckpt_freq", "0"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (cut / "metrics.json").exists() and (cut / "best.pth").exists()
+    assert torch.load(cut / "last.pth", weights_only=True)["sampler"]["consumed"] == 0

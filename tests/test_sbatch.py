@@ -181,6 +181,17 @@ def test_interactive_runs_in_order_and_values_arrive_intact(project):
     assert not list(project.rglob("PWNED*"))
 
 
+def test_saved_command_reruns_with_env_words(project):
+    # CMD may start with NAME=value words; command.sh must still be a runnable script
+    exp = write_exp(project, {"CMD": "HMSA_X=1 python prog.py", "HPARAMS": {"out": "LOGDIR/o.json"}})
+    assert sbatch_cli(project, exp, "-i").returncode == 0
+    (run,) = (project / "logs" / "exp").iterdir()
+    (run / "o.json").unlink()
+    again = subprocess.run(["sh", str(run / "command.sh")], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run / "o.json").read_text())["cwd"] == str(run / "code")
+
+
 def test_interactive_stops_at_failure_unless_keep_going(project):
     exp = write_exp(project, {"CMD": "python prog.py", "HPARAMS": {"code": [3, 0], "out": "LOGDIR/o.json"}})
     stop = sbatch_cli(project, exp, "-i", "--exp_name", "stop")
@@ -243,6 +254,10 @@ def test_distributed_env_from_slurm_variables():
                            "SLURM_JOB_ID": "123"})
     assert {k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR")} == {
         "RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "n3"}
+    # array tasks (job ids 124, 125 of array 123) get distinct rendezvous ports
+    ports = {distributed_env({"SLURM_PROCID": "0", "SLURM_JOB_ID": str(j), "SLURM_ARRAY_JOB_ID": "123",
+                              "SLURM_ARRAY_TASK_ID": str(j - 124)})["MASTER_PORT"] for j in (124, 125)}
+    assert len(ports) == 2
     assert distributed_env({}) == {}
 
 
