@@ -305,7 +305,9 @@ def validate(run: Run, epoch: int, final: bool = False) -> dict[str, Any]:
     rd = Path(cfg.train.result_dir)
     tmp = rd / (".val_images" if cfg.eval.eval is None else "best_images")
     limit = None if cfg.eval.dump_all_images else cfg.eval.dump_num_images
-    dumper = ImageDumper(tmp, ds.palette, limit, cfg.eval.dump_assets, ds.ignore_index) if info.is_main else None
+    # every rank evaluates its own share: with --dump_all_images each rank draws its images
+    every = cfg.eval.dump_all_images
+    dumper = ImageDumper(tmp, ds.palette, limit, cfg.eval.dump_assets, ds.ignore_index) if info.is_main or every else None
     t0 = time.time()
     metrics = evaluate(run.net, run.val_loader, ds.num_classes, run.precision, info.device,
                        cfg.eval.n_scales, cfg.eval.do_flip, dumper, info.is_main, ds.ignore_index)
@@ -321,20 +323,25 @@ def validate(run: Run, epoch: int, final: bool = False) -> dict[str, Any]:
         for i, panel in enumerate(dumper.panels):
             run.logger.image(f"val_images/{i}", panel, epoch)
         write_metrics(rd, metrics, ds.class_names, {"best_miou": run.state.best_miou})
-        _keep_best_images(tmp, rd / "best_images", improved and cfg.eval.eval is None)
     if improved and cfg.eval.eval is None:
         save(run, ckpt_io.BEST)
+    if info.is_main:  # after best.pth, so the pictures never run ahead of the checkpoint
+        _keep_best_images(tmp, rd / "best_images", improved and cfg.eval.eval is None)
     return metrics
 
 
 def _keep_best_images(tmp: Path, best: Path, improved: bool) -> None:
     if tmp == best or not tmp.exists():
         return
-    if improved:
-        shutil.rmtree(best, ignore_errors=True)
-        tmp.rename(best)
-    else:
+    if not improved:
         shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = best.with_name(f".{best.name}.old")  # swap by renames: a kill never leaves neither
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        best.rename(old)
+    tmp.rename(best)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- wiring

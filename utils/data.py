@@ -27,9 +27,15 @@ def mix_seed(*parts: Any) -> int:
 
 
 def seed_all(seed: int) -> None:
+    seed_cpu(seed)
+    torch.manual_seed(seed)  # also every CUDA generator
+
+
+def seed_cpu(seed: int) -> None:
+    """Seed Python, NumPy and torch's CPU generator only (CUDA streams, e.g. dropout, untouched)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
 
 
 class ResumableSampler(Sampler):
@@ -63,7 +69,7 @@ class SeededDataset(Dataset):
         epoch, key = item
         in_main = torch.utils.data.get_worker_info() is None
         saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if in_main else None
-        seed_all(mix_seed(self.seed, epoch, _plain(key)))
+        seed_cpu(mix_seed(self.seed, epoch, _plain(key)))  # augmentation draws on the CPU streams
         try:
             return self.dataset[key]
         finally:
