@@ -22,7 +22,8 @@ def machine() -> str:
     import torch
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}")
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}, "
+            f"1-minute load average {os.getloadavg()[0]:.1f} when written")
 
 
 def write_section(name: str, body: str, command: str | None = None) -> Path:

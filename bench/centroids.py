@@ -74,8 +74,8 @@ def main() -> None:
     o, d, b = (1e3 * float(np.mean(v)) for v in (ours, dense, base))
     body = f"""One core (`OMP_NUM_THREADS=1`), {args.maps} generated 1024x2048 street-scene label maps (train ids),
 tile {TILE}, {K} classes, best of {args.repeat} per map, mean over maps. Centroids identical to the
-baseline on every map (checked in the run). The CPU is shared with other jobs, so absolute
-times are noisy; both methods ran interleaved in the same process.
+baseline on every map (checked in the run). Absolute times rise with other load on the
+machine (load average above); both methods ran interleaved in the same process.
 
 | method | ms / map | speed-up |
 | --- | ---: | ---: |

@@ -211,8 +211,8 @@ def _table(results: list[dict], a: argparse.Namespace) -> str:
         "label and colour PNGs. A worker's RSS counts the pages it shares with the main process "
         "(fork); PSS splits shared pages, so main + workers is not double-counted."
         "\n\nPipeline memory by images done (main RSS / PSS of main + workers, MB): " + curve +
-        f"\n\nThe 2 CPU cores are shared with other jobs (1-minute load average {loads}), so "
-        "images/s are noisy. The memory figures are the point: after the first few hundred images "
+        f"\n\n1-minute load average during the runs: {loads}; images/s fall with other load on "
+        "the 2 cores. The memory figures are the point: after the first few hundred images "
         "(allocator warm-up) the curve stays level to the last image.")
 
 

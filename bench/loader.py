@@ -68,8 +68,8 @@ def main() -> None:
         rate = n / (time.perf_counter() - t0)
     body = f"""{args.images} generated 1024x2048 PNG scenes (generation {t_gen:.0f} s), crop 1024x1024, scale
 0.5-2.0, flip, colour jitter 0.25, class-uniform 0.5 (tile 1024), batch {args.batch_size},
-{args.workers} DataLoader workers, {args.epochs} timed epochs after a warm-up epoch. The 2-core CPU
-is shared with other jobs, so this is a lower bound.
+{args.workers} DataLoader workers, {args.epochs} timed epochs after a warm-up epoch. Other load
+on the 2 cores lowers this figure (load average above).
 
 | measure | value |
 | --- | ---: |

@@ -177,8 +177,8 @@ brackets the RSS right after building the model.
 {_table(results, sizes, modes)}
 
 CPU load average (1 min) seen before each measurement: {', '.join(f'{v:.1f}' for v in load)}
-(the machine's cores are shared with other jobs; absolute times are inflated and noisy, the
-baseline/optimized pairs ran back to back). {args.note}
+(absolute times rise with other load on the 2 cores; the baseline/optimized pairs ran back
+to back). {args.note}
 """
 
 
