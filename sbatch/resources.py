@@ -145,6 +145,9 @@ def submitit_parameters(spec: FarmSpec, *, job_name: str, preempt_signal: str) -
         "time": int(spec.time) if spec.time.isdigit() else spec.time,
         "array_parallelism": spec.array_parallelism, "signal_delay_s": spec.signal_delay_s,
         "stderr_to_stdout": True,
+        # one task failing (e.g. rank 0 on a full disk) ends its siblings at once instead of
+        # leaving them in a collective until the NCCL/gloo timeout
+        "srun_args": ["--kill-on-bad-exit=1"],
     }
     if spec.gpus_per_node:
         params["gpus_per_node"] = spec.gpus_per_node

@@ -32,4 +32,4 @@ export SUBMITIT_PREEMPT_SIGNAL=USR1
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output <TMP>/logs/exp/submitit/%A_%a/%A_%a_%t_log.out <PYTHON> -u -m submitit.core._submit <TMP>/logs/exp/submitit/%j
+srun --unbuffered --output <TMP>/logs/exp/submitit/%A_%a/%A_%a_%t_log.out --kill-on-bad-exit=1 <PYTHON> -u -m submitit.core._submit <TMP>/logs/exp/submitit/%j
