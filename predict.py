@@ -52,6 +52,7 @@ from datasets.folder import (
     output_stems,
     shard,
 )
+from sbatch import slurmenv
 from utils.geo import GeoError
 from utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -149,9 +150,9 @@ def resolve_shard(spec: str | None, env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     if spec and spec != "auto":
         base = _parse_shard(spec)
-    elif "SLURM_ARRAY_TASK_ID" in env and not env.get("HMSA_SWEEP_RUN"):
-        # HMSA_SWEEP_RUN: set by `python -m sbatch` tasks, whose array index picks a run of the
-        # sweep rather than a shard of the images (those runs pass --shard explicitly).
+    elif "SLURM_ARRAY_TASK_ID" in env and not slurmenv.sweep_run(env):
+        # a `python -m sbatch` task's array index picks a run of the sweep rather than a shard
+        # of the images (those runs pass --shard explicitly)
         base = _slurm_shard(env)
     else:
         base = Shard(0, 1)
@@ -173,19 +174,13 @@ def _parse_shard(spec: str) -> Shard:
 
 
 def _slurm_shard(env: Mapping[str, str]) -> Shard:
-    task = int(env["SLURM_ARRAY_TASK_ID"])
-    lo = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-    step = int(env.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
-    if "SLURM_ARRAY_TASK_COUNT" in env:
-        count = int(env["SLURM_ARRAY_TASK_COUNT"])
-    else:
-        count = (int(env.get("SLURM_ARRAY_TASK_MAX", task)) - lo) // step + 1
-    index, rest = divmod(task - lo, step)
-    if rest or not 0 <= index < count:
-        raise PredictError(f"Slurm array task {task} (min {lo}, step {step}, count {count}) does not map "
-                           "to a shard: use a contiguous array such as --array=0-99 (a '%N' "
-                           "throttle is fine), or pass --shard INDEX/COUNT")
-    return Shard(index, count, "slurm-array")
+    try:
+        task = slurmenv.array_task(env)
+    except slurmenv.SlurmEnvError as e:
+        raise PredictError(f"{e}: use a contiguous array such as --array=0-99 (a '%N' throttle is "
+                           "fine), or pass --shard INDEX/COUNT") from e
+    assert task is not None  # the caller checked SLURM_ARRAY_TASK_ID
+    return Shard(task.index, task.count, "slurm-array")
 
 
 def _distributed_rank(env: Mapping[str, str]) -> tuple[int, int]:

@@ -14,8 +14,9 @@ image):
 - Any other non-zero exit raises :class:`CommandFailedError`: submitit exits non-zero and Slurm
   records the job as FAILED.
 
-This module is pickled by value into the job (only the standard library and submitit are
-imported), so the job does not depend on where this repository lives.
+This module and :mod:`sbatch.slurmenv` (Slurm's variables) are pickled by value into the job
+(only the standard library and submitit are imported), so the job does not depend on where this
+repository lives.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+from . import slurmenv
 
 EX_REQUEUE = 75  # train.py: "checkpointed, requeue me" (EX_TEMPFAIL)
 
@@ -50,48 +53,6 @@ class TaskSpec:
     grace_s: float = 60.0  # how long checkpoint() waits for the program to save and exit
 
 
-SWEEP_RUN_ENV = "HMSA_SWEEP_RUN"
-
-
-def distributed_env(environ: dict[str, str]) -> dict[str, str]:
-    """torch.distributed's env:// variables, derived from Slurm's task variables."""
-    if "SLURM_PROCID" not in environ:
-        return {}
-    ntasks = environ.get("SLURM_NTASKS", "1")
-    nodes = expand_nodelist(environ.get("SLURM_JOB_NODELIST", socket.gethostname()))
-    per_node = environ.get("SLURM_NTASKS_PER_NODE", ntasks).split("(")[0]
-    return {"RANK": environ["SLURM_PROCID"], "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
-            "WORLD_SIZE": ntasks, "LOCAL_WORLD_SIZE": per_node, "MASTER_ADDR": nodes[0],
-            # SLURM_JOB_ID is unique per array task and equal on all its ranks (the array's
-            # own id plus the task index would collide between back-to-back arrays)
-            "MASTER_PORT": str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000)}
-
-
-def expand_nodelist(nodelist: str) -> list[str]:
-    """``gpu[01-02],cpu3`` -> ``['gpu01', 'gpu02', 'cpu3']`` (what ``scontrol show hostnames`` does)."""
-    hosts: list[str] = []
-    depth, start = 0, 0
-    for i, ch in enumerate(nodelist + ","):
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
-            hosts += _expand_group(nodelist[start:i])
-            start = i + 1
-    return [h for h in hosts if h]
-
-
-def _expand_group(group: str) -> list[str]:
-    if "[" not in group:
-        return [group]
-    prefix, _, rest = group.partition("[")
-    ranges, _, suffix = rest.partition("]")
-    out = []
-    for part in ranges.split(","):
-        lo, _, hi = part.partition("-")
-        for n in range(int(lo), int(hi or lo) + 1):
-            out.append(f"{prefix}{n:0{len(lo)}d}{suffix}")
-    return out
-
-
 def wait_exit_status(pid: int, timeout: float) -> int | None:
     """The exit status of child ``pid`` once it exits, *without* reaping it (``WNOWAIT``).
 
@@ -108,12 +69,6 @@ def wait_exit_status(pid: int, timeout: float) -> int | None:
             return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
         time.sleep(0.1)
     return None
-
-
-def slurm_job_id(environ: dict[str, str]) -> str:
-    if "SLURM_ARRAY_JOB_ID" in environ:
-        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
-    return environ.get("SLURM_JOB_ID", "")
 
 
 def record(logdir: str, **fields: object) -> None:
@@ -142,15 +97,17 @@ class RunTask:
         environ = dict(os.environ)
         # SWEEP_RUN_ENV tells the program that an array task id is "which run of the sweep",
         # not "which shard of the data" (predict.py shards by array task only without it).
-        env = {**environ, **spec.env, **distributed_env(environ), SWEEP_RUN_ENV: spec.name}
+        # slurm_wins: RANK/MASTER_* exported from the submitting shell are not this job's.
+        env = {**environ, **spec.env, **slurmenv.distributed_env(environ, slurm_wins=True),
+               slurmenv.SWEEP_RUN_ENV: spec.name}
         restarts = int(environ.get("SLURM_RESTART_COUNT", "0"))
         rank0 = env.get("RANK", "0") == "0"
         if rank0:
-            record(spec.logdir, event="start", job_id=slurm_job_id(environ), restart=restarts)
+            record(spec.logdir, event="start", job_id=slurmenv.job_id(environ), restart=restarts)
         self._proc = subprocess.Popen(spec.argv, cwd=spec.cwd, env=env)
         code = self._proc.wait()
         if rank0:
-            record(spec.logdir, event="exit", job_id=slurm_job_id(environ), returncode=code,
+            record(spec.logdir, event="exit", job_id=slurmenv.job_id(environ), returncode=code,
                    restart=restarts)
         if code == 0:
             return 0
@@ -177,7 +134,7 @@ class RunTask:
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         if not self._signalled:  # srun may deliver the signal twice: record the exit once
             self._signalled = True
-            record(spec.logdir, event="exit", job_id=slurm_job_id(dict(os.environ)), returncode=code,
+            record(spec.logdir, event="exit", job_id=slurmenv.job_id(os.environ), returncode=code,
                    restart=restarts, signal=True)
         if restarts >= spec.max_requeue:
             return None  # submitit then ends the job as failed
@@ -185,7 +142,7 @@ class RunTask:
 
     @staticmethod
     def _requeue(environ: dict[str, str]) -> None:
-        job_id = slurm_job_id(environ)
+        job_id = slurmenv.job_id(environ)
         try:
             done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.SubprocessError) as e:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from tests.test_train_helpers import model_state, run_train, tiny_args
-from utils.dist import env_from_slurm, expand_hostlist
 
 COMMON = ("--bs_trn", "1", "--max_iter", "3", "--deterministic", "--val_freq", "100", "--ckpt_freq", "0")
 
@@ -39,25 +38,6 @@ def test_two_process_gloo_matches_single_process(synthetic_root, tmp_path):
     assert worst < 1e-4, f"largest parameter difference {worst}"
     sd = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert sd["pixels"] == json.loads((tmp_path / "single" / "metrics.json").read_text())["pixels"]
-
-
-def test_slurm_environment_gives_ranks_and_master():
-    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-           "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"}
-    got = env_from_slurm(env)
-    assert got["RANK"] == "3" and got["WORLD_SIZE"] == "8" and got["LOCAL_RANK"] == "1"
-    assert got["MASTER_ADDR"] == "gpu07" and got["MASTER_PORT"] == str(20000 + 4242)
-    assert env_from_slurm({**env, "RANK": "0", "WORLD_SIZE": "8"}) == {}  # torchrun wins
-    assert env_from_slurm({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == {}  # one task: no DDP
-
-
-@pytest.mark.parametrize("nodelist, hosts", [
-    ("node1", ["node1"]),
-    ("gpu[01-03,7]", ["gpu01", "gpu02", "gpu03", "gpu7"]),
-    ("a[1-2],b3,c[09-10]", ["a1", "a2", "b3", "c09", "c10"]),
-])
-def test_expand_hostlist(nodelist, hosts):
-    assert expand_hostlist(nodelist) == hosts
 
 
 def test_syncbn_on_cpu_warns_and_keeps_batchnorm():

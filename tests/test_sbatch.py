@@ -245,22 +245,6 @@ def test_settings_resolve_relative_logroot_and_merge_resources(project):
 # ---------------------------------------------------------------- inside the job (sbatch.task)
 
 
-def test_distributed_env_from_slurm_variables():
-    from sbatch.task import distributed_env, expand_nodelist
-
-    assert expand_nodelist("gpu[01-02,07],cpu3") == ["gpu01", "gpu02", "gpu07", "cpu3"]
-    env = distributed_env({"SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_NTASKS": "16",
-                           "SLURM_NTASKS_PER_NODE": "8(x2)", "SLURM_JOB_NODELIST": "n[3-4]",
-                           "SLURM_JOB_ID": "123"})
-    assert {k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR")} == {
-        "RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "n3"}
-    # array tasks (job ids 124, 125 of array 123) get distinct rendezvous ports
-    ports = {distributed_env({"SLURM_PROCID": "0", "SLURM_JOB_ID": str(j), "SLURM_ARRAY_JOB_ID": "123",
-                              "SLURM_ARRAY_TASK_ID": str(j - 124)})["MASTER_PORT"] for j in (124, 125)}
-    assert len(ports) == 2
-    assert distributed_env({}) == {}
-
-
 @pytest.mark.parametrize("code, restarts, outcome", [(0, "0", "ok"), (75, "0", "requeued"),
                                                      (75, "2", "failed"), (3, "0", "failed")])
 def test_run_task_exit_handling(code, restarts, outcome, tmp_path, monkeypatch):

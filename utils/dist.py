@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import subprocess
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from sbatch.slurmenv import distributed_env
 
 
 @dataclass(frozen=True)
@@ -32,53 +30,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def expand_hostlist(nodelist: str) -> list[str]:
-    """Expand a Slurm node list such as ``gpu[01-03,7],login1`` (what ``scontrol show hostnames`` does)."""
-    hosts: list[str] = []
-    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
-        m = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
-        if not m:
-            hosts.append(part)
-            continue
-        prefix, ranges, suffix = m.groups()
-        for r in ranges.split(","):
-            lo, _, hi = r.partition("-")
-            for i in range(int(lo), int(hi or lo) + 1):
-                hosts.append(f"{prefix}{str(i).zfill(len(lo))}{suffix}")
-    return hosts
-
-
-def _first_host(nodelist: str) -> str:
-    if shutil.which("scontrol"):
-        try:
-            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                                 text=True, timeout=10, check=True).stdout.split()
-            if out:
-                return out[0]
-        except (subprocess.SubprocessError, OSError):
-            pass
-    return expand_hostlist(nodelist)[0]
-
-
-def env_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
-    """torch.distributed variables derived from a Slurm task's environment (``srun``/``sbatch``).
-
-    Empty when torchrun already set ``RANK``/``WORLD_SIZE`` or the job has one task.
-    """
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return {}
-    ntasks = int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")) or 1)
-    if "SLURM_PROCID" not in env or ntasks <= 1:
-        return {}
-    out = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": str(ntasks),
-           "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
-    if "MASTER_ADDR" not in env:
-        out["MASTER_ADDR"] = _first_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "localhost")))
-    if "MASTER_PORT" not in env:  # same on every task of a job, different between jobs
-        out["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
-    return out
-
-
 def pick_device(pref: str, local_rank: int) -> torch.device:
     if pref == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
@@ -90,7 +41,7 @@ def pick_device(pref: str, local_rank: int) -> torch.device:
 
 def init_distributed(device_pref: str = "auto") -> DistInfo:
     """Read the rank from torchrun or Slurm, pick the device, start the process group if needed."""
-    os.environ.update(env_from_slurm(os.environ))
+    os.environ.update(distributed_env(os.environ))  # srun's tasks; torchrun's RANK wins
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
