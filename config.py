@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils.errors import UserError
+
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 EVAL_MODES = ("val", "trn", "folder")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A flag is unknown or has a bad value; the message names the flag."""
 
 
@@ -111,6 +113,7 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda", choices=DEVICES)
     local_rank: int = _f(0, "set by torch.distributed.launch; LOCAL_RANK wins")
     log_freq: int = _f(10, "TensorBoard scalars every N steps")
+    debug: bool = _f(False, "print the traceback of user errors too (also HMSA_DEBUG=1)")
 
 
 @dataclass

@@ -37,6 +37,8 @@ from utils.dist import (
     mean_over_ranks,
 )
 from utils.dump import ImageDumper
+from utils.errors import run_cli
+from utils.io import ensure_output_dir
 from utils.logger import RunLogger
 from utils.metrics import ConfusionMatrix, format_table, write_metrics
 from utils.optim import build_optimizer, poly_schedule
@@ -435,9 +437,9 @@ def main(cfg: Config) -> int:
     info = init_distributed(cfg.train.device)
     flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
              torch.backends.cudnn.deterministic)
+    created = ensure_output_dir(cfg.train.result_dir)
     try:
         _setup_determinism(cfg, info)
-        Path(cfg.train.result_dir).mkdir(parents=True, exist_ok=True)
         if info.is_main:
             ckpt_io.remove_stale_temps(cfg.train.result_dir)
         precision = resolve_precision(cfg.amp_level, info.device)
@@ -453,6 +455,11 @@ def main(cfg: Config) -> int:
             return run_eval(run) if cfg.eval.eval else run_training(run, train_ds, ckpt)
         finally:
             run.logger.close()
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                Path(cfg.train.result_dir).rmdir()
+        raise
     finally:
         torch.use_deterministic_algorithms(flags[0])  # leave the process as found (tests, notebooks)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[1], flags[2]
@@ -490,11 +497,9 @@ def eval_folder(cfg: Config) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        return main(parse_config(argv))
-    except ConfigError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
+    """Exit status per utils/errors.py: user errors one line + 2, disk full named, workers ended."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_cli("train.py", lambda: main(parse_config(argv)), argv)
 
 
 if __name__ == "__main__":

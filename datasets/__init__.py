@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from datasets.errors import DatasetError
+from datasets.errors import DatasetError, UnknownDatasetError
 
 __all__ = ["DatasetError", "build_dataset", "build_sampler", "list_datasets", "register_dataset"]
 
@@ -36,7 +36,8 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
     try:
         builder = _BUILDERS[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}") from None
+        raise UnknownDatasetError(f"unknown dataset {name!r}: pass --dataset with one of "
+                                  f"{', '.join(list_datasets())}") from None
     return builder(root=root, split=split, cv=cv, transform=transform, **options)
 
 

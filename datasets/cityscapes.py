@@ -37,8 +37,8 @@ def _first_dir(root: Path, candidates: tuple[str, ...], sub: str, what: str) -> 
         if (root / cand / sub).is_dir():
             return root / cand
     tried = ", ".join(str(root / c / sub) for c in candidates)
-    raise DatasetError(f"Cityscapes {what} not found under {root} (tried {tried}); point root "
-                       f"(or $CITYSCAPES_ROOT) at the directory that holds leftImg8bit/ and gtFine/")
+    raise DatasetError(f"Cityscapes {what} not found under {root} (tried {tried}); point "
+                       f"--dataset_root (or $CITYSCAPES_ROOT) at the directory that holds leftImg8bit/ and gtFine/")
 
 
 def _cities(base: Path, split: str) -> list[str]:

@@ -12,10 +12,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from utils.errors import UserError
+
 FORMAT = "hmsa-ckpt/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be read or does not fit the model; the message says why and what to do."""
 
 

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from utils.errors import run_cli
+
 from . import launch, manifest
 from .expand import ExperimentError, check_unique, expand_experiment
 from .launch import LaunchError, Planned
@@ -181,10 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     handlers = {"status": main_status, "cancel": main_cancel, "resubmit": main_resubmit,
                 "init": main_init}
-    try:
-        if argv and argv[0] in handlers:
-            return handlers[argv[0]](argv[1:])
-        return main_experiment(argv)
-    except ERRORS as e:
-        print(f"python -m sbatch: error: {e}", file=sys.stderr)
-        return 2
+    if argv and argv[0] in handlers:
+        return run_cli("python -m sbatch", lambda: handlers[argv[0]](argv[1:]), argv, extra=ERRORS)
+    return run_cli("python -m sbatch", lambda: main_experiment(argv), argv, extra=ERRORS)

@@ -43,6 +43,32 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def ensure_output_dir(path: str | os.PathLike, flag: str = "--result_dir") -> bool:
+    """Create ``path`` if needed and check that files can be written in it; True if created here.
+
+    Raises :class:`utils.errors.UserError` naming ``flag`` for a dangling symlink, a file in
+    the way, a directory that cannot be created or is not writable (read-only, immutable).
+    """
+    from utils.errors import UserError
+
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise UserError(f"{flag} {p} is a symlink to {os.readlink(p)}, which does not exist: create the "
+                        f"target or pass another {flag}")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {p} is a file, not a directory: move it away or pass another {flag}")
+    created = not p.exists()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {p} cannot be created or written to ({e.strerror or e}): fix its "
+                        f"permissions or pass another {flag}") from e
+    return created
+
+
 def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
