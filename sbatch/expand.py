@@ -36,6 +36,22 @@ class ExperimentError(ValueError):
     """The experiment YAML cannot be expanded; the message names the key and the fix."""
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,+=@%:-]{0,199}$")
+
+
+def check_name(what: str, value: str, fix: str) -> str:
+    """``value`` if it is safe as one path component and in a ``#SBATCH --job-name`` line.
+
+    Names become directories under LOGROOT and Slurm job names: a newline would start a new
+    script line (injection; sbatch also stops reading directives there), ``/`` or ``..``
+    would put a run outside LOGROOT, a space or a leading ``-`` would split or become an option.
+    """
+    if not _NAME.match(value) or value in (".", ".."):
+        raise ExperimentError(f"{what} {value!r} is not a safe name: use letters, digits and _ . , + = @ % : - "
+                              f"(not first), at most 200 characters; {fix}")
+    return value
+
+
 @dataclass(frozen=True)
 class Run:
     """One run of an experiment: where it writes and exactly what it executes."""
@@ -141,6 +157,9 @@ def expand_experiment(
         raise ExperimentError(f"experiment is missing {missing} (runx needs CMD and HPARAMS)")
     slug = slug or _coolname_slug
     now = now or datetime.now()
+    check_name("experiment name", exp_name, "pass another --exp_name or rename the YAML file")
+    if tag is not None:
+        check_name("--tag", tag, "pass another --tag")
     env, cmd = split_cmd(str(experiment["CMD"]))
     runs: list[Run] = []
     for hset in hparam_sets(experiment["HPARAMS"]):
@@ -150,7 +169,8 @@ def expand_experiment(
             run_tag = tag
             if "RUNX.TAG" in hparams:
                 run_tag = substitute_tag(str(hparams.pop("RUNX.TAG")), hparams)
-            name = run_name(run_tag, slug(), now, no_cooldir)
+            name = check_name("run name", run_name(run_tag, slug(), now, no_cooldir),
+                              "change RUNX.TAG (its {field} values) or --tag")
             logdir = os.path.join(logroot, exp_name, name)
             hparams = replace_logdir(hparams, logdir)
             resources = {res: hparams.pop(key) for key, res in RESOURCE_KEYS.items() if key in hparams}

@@ -69,11 +69,18 @@ def _as_tuple(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+# values written into "#SBATCH --key=value" lines: a space would end the value there
+_DIRECTIVE_KEYS = ("partition", "mem", "time", "account", "qos", "constraint", "mail_type", "mail_user",
+                   "dependency")
+
+
 def _check_text(key: str, value: Any) -> None:
     texts = value if isinstance(value, tuple) else (value,)
     for text in texts:
-        if isinstance(text, str) and any(ord(c) < 32 for c in text):
+        if isinstance(text, str) and any(ord(c) < 32 or ord(c) == 127 for c in text):
             raise ResourceError(f"resource {key}={text!r} contains a control character")
+        if key in _DIRECTIVE_KEYS and isinstance(text, str) and (not text.strip() or any(c.isspace() for c in text)):
+            raise ResourceError(f"resource {key}={text!r} must be one word (it becomes an #SBATCH line)")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -140,8 +147,10 @@ def parse_sbatch_arg(arg: str) -> tuple[str, str | bool]:
 
 def submitit_parameters(spec: FarmSpec, *, job_name: str, preempt_signal: str) -> dict[str, Any]:
     """The spec as ``submitit.SlurmExecutor.update_parameters`` keywords."""
+    from .expand import check_name
+
     params: dict[str, Any] = {
-        "job_name": job_name, "nodes": spec.nodes, "ntasks_per_node": spec.ntasks_per_node,
+        "job_name": check_name("Slurm job name", job_name, "pass another --exp_name"), "nodes": spec.nodes, "ntasks_per_node": spec.ntasks_per_node,
         "time": int(spec.time) if spec.time.isdigit() else spec.time,
         "array_parallelism": spec.array_parallelism, "signal_delay_s": spec.signal_delay_s,
         "stderr_to_stdout": True,

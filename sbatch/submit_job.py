@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import launch, manifest
-from .expand import Run
+from .expand import ExperimentError, Run, check_name
 from .resources import ResourceError, farm_spec
 
 
@@ -53,11 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         resources, fixed = parse_args(argv)
         spec = farm_spec(resources, {"tasks_per_node": resources.get("tasks_per_node", 1)})
-    except ResourceError as e:
+        logdir = Path(fixed["logdir"]).parent
+        exp_dir = logdir.parent
+        check_name("experiment name", exp_dir.name, "rename the experiment")
+    except (ResourceError, ExperimentError) as e:
         print(f"sbatch.submit_job: error: {e}", file=sys.stderr)
         return 2
-    logdir = Path(fixed["logdir"]).parent
-    exp_dir = logdir.parent
     run = Run(exp_name=exp_dir.name, name=logdir.name, logdir=str(logdir), job_name=fixed["name"],
               hparams={}, argv=("/bin/sh", "-c", fixed["command"].strip()))
     planned = launch.Planned(run=run, spec=spec, logroot=str(exp_dir.parent))

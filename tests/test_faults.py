@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.test_train_helpers import run_train, tiny_args
+from tests.test_train_helpers import REPO, run_train, tiny_args
 from train import cli
 
 
@@ -38,6 +40,7 @@ def corrupt_root(synthetic_root, tmp_path) -> Path:
 
 # ----------------------------------------------------------------------------- item 1: no hang
 
+@pytest.mark.slow  # a train.py subprocess
 def test_error_in_dataloader_worker_ends_the_run_in_seconds(corrupt_root, tmp_path):
     """Workers ignore SIGTERM (so the main process can checkpoint first); an error used to leave
     the main process joining them for ever. Now: one line naming the file, exit 2, workers gone."""
@@ -125,3 +128,71 @@ def test_dangling_symlink_result_dir_is_named(tmp_path, capsys):
     assert cli(["--dataset", "nope", "--result_dir", str(link)]) == 2
     line = _one_line_error(capsys.readouterr().err)
     assert "--result_dir" in line and "symlink" in line
+
+
+# ----------------------------------------------------------------------------- item 2: names
+
+def _sbatch(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "sbatch", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture()
+def sbatch_project(tmp_path) -> Path:
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / ".runx").write_text(yaml.safe_dump({"LOGROOT": "logs", "FARM": "f",
+                                                "f": {"SUBMIT_CMD": "x", "RESOURCES": {"time": 5}}}))
+    return root
+
+
+@pytest.mark.parametrize("how", ["exp_name", "tag", "runx_tag", "dotdot", "partition"])
+def test_names_reaching_sbatch_directives_or_paths_are_validated(sbatch_project, how):
+    """A newline in --exp_name went into '#SBATCH --job-name' (the -n script ran an injected
+    command); RUNX.TAG '../x' put a run outside LOGROOT."""
+    hparams: dict = {"a": 1}
+    args = ["exp.yml", "-n"]
+    marker = sbatch_project / "PWNED"
+    inject = f"x\ntouch {marker}"
+    if how == "exp_name":
+        args += ["--exp_name", inject]
+    elif how == "tag":
+        args += ["--tag", inject]
+    elif how == "runx_tag":
+        hparams["RUNX.TAG"] = "t{b}"
+        hparams["b"] = inject
+    elif how == "dotdot":
+        hparams["RUNX.TAG"] = "../../escaped"
+        args.remove("-n")
+        args.append("-i")
+    else:
+        hparams["SUBMIT_JOB.PARTITION"] = "gpu --mem=1"
+    (sbatch_project / "exp.yml").write_text(yaml.safe_dump({"CMD": "python -c pass", "HPARAMS": hparams}))
+    done = _sbatch(sbatch_project, *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    line = _one_line_error(done.stderr, "python -m sbatch")
+    assert ("#SBATCH" not in done.stdout and not done.stdout.strip()), done.stdout
+    assert any(w in line for w in ("--exp_name", "--tag", "RUNX.TAG", "partition")), line
+    # nothing ran and nothing was created outside (or inside) LOGROOT
+    subprocess.run(["sh", "-c", done.stdout], cwd=sbatch_project, check=False)
+    assert not marker.exists()
+    assert not (sbatch_project.parent / "escaped").exists() and not (sbatch_project / "logs").exists()
+
+
+# ----------------------------------------------------------------------------- item 19: hermetic
+
+ODD_ENV = {"SYNTHETIC_ROOT": "/nonexistent/odd synth", "CITYSCAPES_ROOT": "/nonexistent/cs",
+           "MAPILLARY_ROOT": "/nonexistent/mv", "HMSA_CACHE_DIR": "/nonexistent/cache", "ASSETS_PATH": "/odd",
+           "HMSA_DEBUG": "1", "HMSA_SWEEP_RUN": "odd", "SLURM_PROCID": "3", "SLURM_NTASKS": "7",
+           "SLURM_ARRAY_TASK_ID": "5", "SLURM_JOB_ID": "99", "SLURM_RESTART_COUNT": "2"}
+
+
+@pytest.mark.slow  # a pytest subprocess that imports train.py
+def test_tests_do_not_depend_on_the_callers_environment():
+    """test_task_spec_binds_logroot_and_data failed with SYNTHETIC_ROOT set (as the README says)."""
+    tests = ["tests/test_sbatch.py::test_task_spec_binds_logroot_and_data",
+             "tests/test_faults.py::test_unknown_dataset_is_one_line_naming_the_flag"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=REPO, env={**os.environ, **ODD_ENV}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
