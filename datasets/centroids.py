@@ -15,8 +15,11 @@ cut into horizontal runs of one value (never crossing a tile border) and
 coordinate sums for every (tile, class) at once.
 
 The cache (one ``.npz`` per dataset root, tile size and class mapping) keeps,
-per label file, its path, size and mtime and its centroids. A file whose size
-or mtime changed is recomputed, new files are added, vanished ones dropped;
+per label file, its path, a digest of its content (BLAKE2b) and its centroids:
+a file whose content changed is recomputed, even when its size and mtime were
+kept. The file's size, mtime, ctime and inode are stored beside the digest only
+to skip re-hashing a file that was not touched since (writing a file always
+moves its ctime, which no user can set back); new files are added, vanished ones dropped;
 a checksum over the stored arrays detects a corrupt file, which is rebuilt
 (with a warning), never used. Writes are atomic, and a file lock makes one
 process build while the others wait and then read.
@@ -40,7 +43,7 @@ import numpy as np
 from datasets.errors import DatasetError
 
 log = logging.getLogger(__name__)
-FORMAT = "hmsa-centroids/1"
+FORMAT = "hmsa-centroids/2"
 _PARALLEL_MIN = 16  # fewer files than this are computed in-process
 
 
@@ -135,45 +138,78 @@ class CacheSpec:
         return h.hexdigest()
 
 
-def _stat(path: Path) -> tuple[int, int]:
+Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode: "not touched since hashed"
+Key = tuple[Stat, str]  # and the content digest, which is what the centroids are keyed on
+Entries = dict[str, tuple[Key, np.ndarray]]
+
+
+def _unreadable(path: Path, e: OSError) -> DatasetError:
+    return DatasetError(f"label file {path} cannot be read for the centroid cache ({e}); "
+                        f"restore it or rebuild the file list")
+
+
+def _stat(path: Path) -> Stat:
     try:
         st = path.stat()
     except OSError as e:
-        raise DatasetError(f"label file {path} cannot be read for the centroid cache ({e}); "
-                           f"restore it or rebuild the file list") from e
-    return st.st_size, st.st_mtime_ns
+        raise _unreadable(path, e) from e
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-def _checksum(paths: np.ndarray, stats: np.ndarray, offsets: np.ndarray, cents: np.ndarray, spec: str) -> str:
+def _digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    return h.hexdigest()
+
+
+def _keys(entries: Entries, files: Sequence[str]) -> dict[str, Key]:
+    """Per file its stat and content digest; re-hashed unless the stat matches the cached one."""
+    keys: dict[str, Key] = {}
+    for f in files:
+        st = _stat(Path(f))
+        old = entries.get(f)
+        keys[f] = (st, old[0][1] if old is not None and old[0][0] == st else _digest(Path(f)))
+    return keys
+
+
+def _checksum(paths: np.ndarray, stats: np.ndarray, digests: np.ndarray, offsets: np.ndarray,
+              cents: np.ndarray, spec: str) -> str:
     h = hashlib.sha256(spec.encode())
     h.update("\0".join(paths.tolist()).encode())
+    h.update("\0".join(digests.tolist()).encode())
     for arr in (stats, offsets, cents):
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
 
 
-Entries = dict[str, tuple[tuple[int, int], np.ndarray]]
-
-
-def read_cache(path: Path, spec: CacheSpec) -> Entries | None:
-    """The cache's entries, ``None`` if absent; corrupt or foreign files give ``None`` plus a warning."""
+def read_cache(path: Path, spec: CacheSpec, quiet: bool = False) -> Entries | None:
+    """The cache's entries, ``None`` if absent; corrupt or foreign files give ``None`` plus a
+    warning (``quiet``: no warning, for the second read of one build)."""
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            paths, stats, offsets, cents = z["paths"], z["stats"], z["offsets"], z["centroids"]
+            paths, stats, digests = z["paths"], z["stats"], z["digests"]
+            offsets, cents = z["offsets"], z["centroids"]
         ok = (meta.get("format") == FORMAT and meta.get("spec") == spec.digest()
-              and meta.get("checksum") == _checksum(paths, stats, offsets, cents, meta["spec"])
-              and len(offsets) == len(paths) + 1 and offsets[-1] == len(cents))
+              and meta.get("checksum") == _checksum(paths, stats, digests, offsets, cents, meta["spec"])
+              and len(offsets) == len(paths) + 1 == len(digests) + 1 and offsets[-1] == len(cents))
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
-        log.warning("centroid cache %s is unreadable (%r); rebuilding it", path, e)
+        if not quiet:
+            log.warning("centroid cache %s is unreadable (%r); rebuilding it", path, e)
         return None
     if not ok:
-        log.warning("centroid cache %s is corrupt or was built for other settings; rebuilding it", path)
+        if not quiet:
+            log.warning("centroid cache %s is corrupt or was built for other settings; rebuilding it", path)
         return None
-    return {p: ((int(s[0]), int(s[1])), cents[offsets[i]:offsets[i + 1]])
-            for i, (p, s) in enumerate(zip(paths.tolist(), stats, strict=True))}
+    return {p: ((tuple(int(v) for v in s), str(d)), cents[offsets[i]:offsets[i + 1]])  # type: ignore[misc]
+            for i, (p, s, d) in enumerate(zip(paths.tolist(), stats, digests.tolist(), strict=True))}
 
 
 def write_cache(path: Path, spec: CacheSpec, entries: Entries) -> None:
@@ -181,14 +217,16 @@ def write_cache(path: Path, spec: CacheSpec, entries: Entries) -> None:
 
     names = sorted(entries)
     paths = np.array(names, dtype=str) if names else np.zeros(0, dtype="<U1")
-    stats = np.array([entries[p][0] for p in names], np.int64).reshape(-1, 2)
+    stats = np.array([entries[p][0][0] for p in names], np.int64).reshape(-1, 4)
+    digests = np.array([entries[p][0][1] for p in names], dtype="<U32")
     parts = [entries[p][1] for p in names]
     offsets = np.concatenate([[0], np.cumsum([len(c) for c in parts], dtype=np.int64)]).astype(np.int64)
     cents = np.concatenate(parts).astype(np.int32) if parts else np.zeros((0, 3), np.int32)
     meta = {"format": FORMAT, "spec": spec.digest(), "tile": spec.tile, "num_classes": spec.num_classes,
-            "checksum": _checksum(paths, stats, offsets, cents, spec.digest())}
+            "checksum": _checksum(paths, stats, digests, offsets, cents, spec.digest())}
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), paths=paths, stats=stats, offsets=offsets, centroids=cents)
+        np.savez(f, meta=np.array(json.dumps(meta)), paths=paths, stats=stats, digests=digests,
+                 offsets=offsets, centroids=cents)
 
 
 def compute_many(paths: Sequence[str], spec: CacheSpec, workers: int | None = None,
@@ -220,9 +258,14 @@ class BuildReport:
     cache_path: Path
 
 
-def _stale(entries: Entries, stats: dict[str, tuple[int, int]]) -> list[str]:
-    """Files whose cached entry is missing or was made from a different size/mtime."""
-    return sorted(f for f, st in stats.items() if f not in entries or entries[f][0] != st)
+def _stale(entries: Entries, keys: dict[str, Key]) -> list[str]:
+    """Files whose cached entry is missing or was made from other content."""
+    return sorted(f for f, k in keys.items() if f not in entries or entries[f][0][1] != k[1])
+
+
+def _moved(entries: Entries, keys: dict[str, Key]) -> bool:
+    """Some file was touched but kept its content: record its new stat (no re-hash next time)."""
+    return any(f in entries and entries[f][0] != k for f, k in keys.items())
 
 
 def load_or_build(label_files: Sequence[str | os.PathLike], spec: CacheSpec, cache_path: Path,
@@ -235,10 +278,10 @@ def load_or_build(label_files: Sequence[str | os.PathLike], spec: CacheSpec, cac
     from filelock import FileLock
 
     files = [str(Path(f).resolve()) for f in label_files]
-    stats = {f: _stat(Path(f)) for f in files}
     entries = read_cache(cache_path, spec) or {}
+    keys = _keys(entries, files)
     computed = 0
-    if _stale(entries, stats):
+    if _stale(entries, keys) or _moved(entries, keys):
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(cache_path) + ".lock")
@@ -246,24 +289,25 @@ def load_or_build(label_files: Sequence[str | os.PathLike], spec: CacheSpec, cac
         except OSError as e:  # read-only cache directory: still usable, just not cached
             log.warning("centroid cache %s is not writable (%s); computing without caching; "
                         "pass a writable cache_dir to keep the result", cache_path, e)
-            computed = _update(entries, stats, spec, workers, progress)
+            computed = _update(entries, keys, spec, workers, progress)
         else:
-            try:
-                entries = read_cache(cache_path, spec) or {}  # another process may have built it
-                computed = _update(entries, stats, spec, workers, progress)
-                if computed:
-                    write_cache(cache_path, spec, {p: e for p, e in entries.items() if os.path.exists(p)})
+            try:  # another process may have built it meanwhile (its warnings were given above)
+                entries = read_cache(cache_path, spec, quiet=True) or {}
+                computed = _update(entries, keys, spec, workers, progress)
+                write_cache(cache_path, spec, {p: e for p, e in entries.items() if os.path.exists(p)})
             finally:
                 lock.release()
     return [entries[f][1] for f in files], BuildReport(computed, cache_path)
 
 
-def _update(entries: Entries, stats: dict[str, tuple[int, int]], spec: CacheSpec,
+def _update(entries: Entries, keys: dict[str, Key], spec: CacheSpec,
             workers: int | None, progress: bool) -> int:
-    """Compute the stale files' centroids into ``entries``; returns how many."""
-    todo = _stale(entries, stats)
+    """Compute the stale files' centroids into ``entries``, record every key; returns how many."""
+    todo = _stale(entries, keys)
     for f, cents in zip(todo, compute_many(todo, spec, workers, progress), strict=True):
-        entries[f] = (stats[f], cents)
+        entries[f] = (keys[f], cents)
+    for f, key in keys.items():
+        entries[f] = (key, entries[f][1])
     return len(todo)
 
 

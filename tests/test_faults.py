@@ -196,3 +196,57 @@ def test_tests_do_not_depend_on_the_callers_environment():
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                           cwd=REPO, env={**os.environ, **ODD_ENV}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+# ----------------------------------------------------------------------------- item 8, 18: centroid cache
+
+def _labels(root: Path, n: int = 3) -> list[str]:
+    import cv2
+    import numpy as np
+
+    files = []
+    for i in range(n):
+        p = root / f"lab{i}.png"
+        cv2.imwrite(str(p), np.full((24, 40), i, np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 0])
+        files.append(str(p))
+    return files
+
+
+def test_centroid_cache_is_keyed_on_content_not_size_and_mtime(tmp_path):
+    """A label edited with its size and mtime kept used to get its old centroids."""
+    import cv2
+    import numpy as np
+
+    from datasets.centroids import CacheSpec, load_or_build
+
+    spec, cache = CacheSpec(tile=16, num_classes=5, lut=None), tmp_path / "c.npz"
+    files = _labels(tmp_path)
+    before, _ = load_or_build(files, spec, cache, progress=False)
+    st = os.stat(files[1])
+    edited = np.full((24, 40), 1, np.uint8)
+    edited[:, 20:] = 4
+    cv2.imwrite(files[1], edited, [cv2.IMWRITE_PNG_COMPRESSION, 0])  # stored, not deflated:
+    assert os.path.getsize(files[1]) == st.st_size  # the same size, as in the report
+    os.utime(files[1], ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back
+    after, rep = load_or_build(files, spec, cache, progress=False)
+    assert rep.computed == 1
+    assert 4 in after[1][:, 0] and 4 not in before[1][:, 0]
+    # touched but not changed: nothing recomputed (the digest is compared, not the mtime)
+    os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    _, rep = load_or_build(files, spec, cache, progress=False)
+    assert rep.computed == 0
+
+
+def test_cache_rebuild_warning_is_printed_once(tmp_path, caplog):
+    import logging
+
+    from datasets.centroids import CacheSpec, load_or_build
+
+    spec, cache = CacheSpec(tile=16, num_classes=5, lut=None), tmp_path / "c.npz"
+    files = _labels(tmp_path)
+    load_or_build(files, spec, cache, progress=False)
+    cache.write_bytes(b"\0garbage")
+    with caplog.at_level(logging.WARNING, logger="datasets.centroids"):
+        _, rep = load_or_build(files, spec, cache, progress=False)
+    assert rep.computed == 3
+    assert caplog.text.count("rebuilding") == 1, caplog.text
