@@ -90,18 +90,21 @@ def _dataset_options(cfg: Config) -> dict[str, Any]:
 
 def build_datasets(cfg: Config, train: bool) -> tuple[Any, Any]:
     from datasets import build_dataset
+    from datasets.base import check_label_sample
     from datasets.transforms import build_eval_transform, build_train_transform
 
     d = cfg.data
     val_split = "train" if cfg.eval.eval == "trn" else "val"
     val_ds = build_dataset(d.dataset, root=d.dataset_root, split=val_split, cv=d.cv,
                            transform=build_eval_transform(pre_size=d.pre_size))
+    check_label_sample(val_ds)  # labels of another dataset would train and score as nothing
     if not train:
         return None, val_ds
     tf = build_train_transform(d.crop_size, d.scale_min, d.scale_max, ignore_index=val_ds.ignore_index,
                                color_aug=d.color_aug, gblur=d.gblur)
     train_ds = build_dataset(d.dataset, root=d.dataset_root, split="train", cv=d.cv, transform=tf,
                              **_dataset_options(cfg))
+    check_label_sample(train_ds)
     return train_ds, val_ds
 
 

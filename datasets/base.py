@@ -71,7 +71,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __init__(self, items: Sequence[Item], *, num_classes: int, class_names: Sequence[str],
                  palette: np.ndarray, label_lut: np.ndarray | None, transform: Transform | None,
-                 root: Path, split: str, name: str) -> None:
+                 root: Path, split: str, name: str, known_ids: Sequence[int] | None = None) -> None:
         from datasets.transforms import build_eval_transform
 
         if not items:
@@ -82,6 +82,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.class_names = tuple(class_names)
         self.palette = np.asarray(palette, np.uint8)
         self.label_lut = label_lut
+        # raw label ids a label file may hold: those the LUT maps (known_ids), else the train
+        # ids themselves; 255 (ignore) always
+        self.known_ids = np.zeros(256, bool)
+        self.known_ids[list(known_ids) if known_ids is not None else list(range(min(num_classes, 255)))] = True
+        self.known_ids[self.ignore_index] = True
         self.transform = transform if transform is not None else build_eval_transform()
         self.root, self.split, self.name = Path(root), split, name
         # Items [num_primary:] (Cityscapes coarse boost) are drawn only class-uniformly, and only
@@ -102,7 +107,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if path is None:
             return None
         raw = read_label(path)
+        self.check_ids(raw, path)
         return apply_lut(raw, self.label_lut, path)
+
+    def check_ids(self, raw: np.ndarray, path: Path) -> None:
+        """Refuse a label holding ids this dataset does not define (they would train as nothing)."""
+        if raw.dtype.kind not in "iu" or not raw.size or raw.min() < 0 or raw.max() > 255:
+            return  # not 8-bit values: apply_lut names the problem
+        present = np.bincount(raw.astype(np.uint8, copy=False).ravel(), minlength=256) > 0
+        bad = np.flatnonzero(present & ~self.known_ids)
+        if bad.size:
+            known = np.flatnonzero(self.known_ids)
+            raise DatasetError(f"label {path} holds ids {bad[:8].tolist()}{' ...' if bad.size > 8 else ''} that "
+                               f"{self.name} does not define (it knows {known.min()}..{known[-2]} and 255); "
+                               f"wrong label files (e.g. colour or train-id PNGs) or the wrong --dataset?")
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         item = self.items[index]
@@ -125,6 +143,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(split={self.split!r}, n={len(self)}, root={str(self.root)!r})"
+
+
+def check_label_sample(dataset: SegmentationDataset, count: int = 16) -> None:
+    """At start-up: ``count`` labels spread over the dataset must hold some class, not only
+    ignored pixels (labels of another dataset map to nothing and train on a loss of 0)."""
+    paths = [p for p in dataset.label_paths if p is not None]
+    if not paths:
+        return
+    picks = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(min(count, len(dataset)))})
+    labelled = [i for i in picks if dataset.items[i].label is not None]
+    if labelled and all((dataset.load_label(i) == dataset.ignore_index).all() for i in labelled):
+        raise DatasetError(f"the {len(labelled)} labels sampled from {dataset.name} {dataset.split!r} under "
+                           f"{dataset.root} hold only the ignore label {dataset.ignore_index}: no pixel maps to "
+                           f"one of its {dataset.num_classes} classes; wrong label files or the wrong --dataset?")
 
 
 def unpack_key(key) -> tuple[int, tuple[int, int] | None]:

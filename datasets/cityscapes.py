@@ -21,7 +21,13 @@ import os
 from pathlib import Path
 
 from datasets.base import Item, SegmentationDataset, Transform, env_root, missing_labels_error
-from datasets.cityscapes_labels import CLASS_NAMES, NUM_CLASSES, PALETTE, id_to_trainid_lut
+from datasets.cityscapes_labels import (
+    CLASS_NAMES,
+    ID_TO_TRAINID,
+    NUM_CLASSES,
+    PALETTE,
+    id_to_trainid_lut,
+)
 from datasets.errors import DatasetError
 
 CV_SPLITS = 3
@@ -109,7 +115,8 @@ class Cityscapes(SegmentationDataset):
         if boost or (coarse and split in ("train", "trainval")):
             items += _coarse_items(root)
         super().__init__(items, num_classes=NUM_CLASSES, class_names=CLASS_NAMES, palette=PALETTE,
-                         label_lut=id_to_trainid_lut(), transform=transform, root=root, split=split, name=name)
+                         label_lut=id_to_trainid_lut(), transform=transform, root=root, split=split, name=name,
+                         known_ids=sorted(ID_TO_TRAINID))
         self.cv = cv
         if boost and not coarse:  # the reference's COARSE_BOOST_CLASSES
             bad = [c for c in coarse_boost_classes if not 0 <= int(c) < NUM_CLASSES]

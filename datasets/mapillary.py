@@ -24,6 +24,12 @@ _LABEL_DIRS = ("labels", "v1.2/labels")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
+def _known_ids(root: Path) -> range:
+    """Every label id of config.json (evaluated or not) may appear in a label PNG."""
+    path = next((root / c for c in _CONFIGS if (root / c).is_file()), root / _CONFIGS[0])
+    return range(len(json.loads(path.read_text())["labels"]))
+
+
 def load_config(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Parse ``config.json``: ``(class_names, palette (K, 3) uint8, lut (256,) uint8)``."""
     path = next((root / c for c in _CONFIGS if (root / c).is_file()), root / _CONFIGS[0])
@@ -94,4 +100,4 @@ class Mapillary(SegmentationDataset):
             transform = build_eval_transform(pre_size)
         super().__init__(_find_items(root, split), num_classes=len(names), class_names=names,
                          palette=palette, label_lut=lut, transform=transform, root=root, split=split,
-                         name="mapillary")
+                         name="mapillary", known_ids=_known_ids(root))

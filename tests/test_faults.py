@@ -250,3 +250,64 @@ def test_cache_rebuild_warning_is_printed_once(tmp_path, caplog):
         _, rep = load_or_build(files, spec, cache, progress=False)
     assert rep.computed == 3
     assert caplog.text.count("rebuilding") == 1, caplog.text
+
+
+# ----------------------------------------------------------------------------- item 6: label ranges, NaN
+
+def _relabel(synthetic_root: Path, tmp_path: Path, value: int) -> Path:
+    """The synthetic dataset with every label id replaced by ``value``."""
+    import cv2
+    import numpy as np
+
+    root = tmp_path / f"labels{value}"
+    shutil.copytree(synthetic_root, root)
+    for lab in (root / "gtFine").rglob("*_labelIds.png"):
+        shape = cv2.imread(str(lab), cv2.IMREAD_UNCHANGED).shape
+        cv2.imwrite(str(lab), np.full(shape, value, np.uint8))
+    return root
+
+
+def test_label_ids_out_of_range_are_refused(synthetic_root, tmp_path, capsys):
+    """Ids the dataset does not define used to train silently (loss 0, mIoU NaN, exit 0)."""
+    root = _relabel(synthetic_root, tmp_path, 200)
+    assert cli(tiny_args(root, tmp_path / "r", "--max_iter", "1")) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "holds ids [200]" in line and "--dataset" in line
+
+
+def test_labels_that_map_only_to_ignore_are_refused(synthetic_root, tmp_path, capsys):
+    root = _relabel(synthetic_root, tmp_path, 0)  # Cityscapes id 0 "unlabeled" -> ignore
+    assert cli(tiny_args(root, tmp_path / "r", "--max_iter", "1")) == 2
+    assert "only the ignore label" in _one_line_error(capsys.readouterr().err)
+
+
+def test_metrics_json_is_valid_json_with_null_for_absent_classes(tmp_path):
+    import json
+
+    from utils.metrics import ConfusionMatrix, write_metrics
+
+    cm = ConfusionMatrix(3)  # nothing seen: every IoU and the mIoU are NaN
+    write_metrics(tmp_path, cm.compute(), ["a", "b", "c"], {"best_miou": float("nan")})
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    data = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert data["miou"] is None and data["per_class_iou"] == {"a": None, "b": None, "c": None}
+    assert data["best_miou"] is None
+
+
+@pytest.mark.parametrize("kind", ["rgb", "16bit"])
+def test_rgb_or_16_bit_label_is_one_line(synthetic_root, tmp_path, capsys, kind):
+    import cv2
+    import numpy as np
+
+    root = tmp_path / kind
+    shutil.copytree(synthetic_root, root)
+    lab = sorted((root / "gtFine" / "val").rglob("*_labelIds.png"))[0]
+    ids = cv2.imread(str(lab), cv2.IMREAD_UNCHANGED)
+    bad = np.dstack([ids] * 3) if kind == "rgb" else ids.astype(np.uint16) * 1000
+    cv2.imwrite(str(lab), bad)
+    assert cli(tiny_args(root, tmp_path / "r", "--max_iter", "1")) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert str(lab) in line and ("RGB" in line if kind == "rgb" else "outside" in line)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -103,7 +104,20 @@ def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(dest: str | os.PathLike, obj: Any, indent: int = 2) -> None:
-    atomic_write_text(dest, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n")
+    """Valid JSON always: NaN and infinities (an absent class's IoU) are written as ``null``."""
+    text = json.dumps(json_safe(obj), indent=indent, sort_keys=True, default=str, allow_nan=False)
+    atomic_write_text(dest, text + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_torch_save(obj: Any, dest: str | os.PathLike) -> None:
