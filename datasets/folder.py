@@ -210,8 +210,8 @@ def to_model_input(rgb: np.ndarray, size: tuple[int, int], mean: Sequence[float]
         interp = cv2.INTER_AREA if h * w < rgb.shape[0] * rgb.shape[1] else cv2.INTER_LINEAR
         rgb = cv2.resize(rgb, (w, h), interpolation=interp)
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # one value per band
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
     return x.sub_(m).div_(s)
 
 

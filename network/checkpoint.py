@@ -29,6 +29,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     full unpickle, which runs code from the file, so only do that for files you trust.
     """
     path = Path(path)
+    if path.suffix == ".safetensors":  # slim weights (network/weights.py): sha256-checked, no pickle
+        from network.weights import read_weights
+
+        return read_weights(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
     try:

@@ -1,0 +1,145 @@
+"""What a deployed model needs besides its weights, read from the checkpoint.
+
+Checkpoints written by ``train.py`` carry ``dataset_info`` (class names, colours, mean/std,
+bands; see ``datasets.dataset_info``). Older checkpoints and the reference's published
+``.pth`` files do not: then the class count comes from the checkpoint (or its classifier's
+shape) and names, colours and ImageNet mean/std are the project's defaults
+(``datasets.folder.default_class_names`` / ``default_palette``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIZE_DIVISOR = 32  # HRNet's lowest branch is 1/32 of the input; predict.py rounds to it too
+CLASSIFIER_KEY = "ocr.cls_head.weight"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Architecture, classes and preprocessing of a trained model (``source``: where they came from)."""
+
+    arch: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    bands: tuple[int, ...] | None = None
+    ignore_index: int = 255
+    source: str = "checkpoint dataset_info"
+
+    @property
+    def palette_array(self) -> np.ndarray:
+        return np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.mean)
+
+    def metadata(self) -> dict[str, str]:
+        """String key/values for an ONNX file's ``metadata_props`` (JSON where structured)."""
+        return {"arch": self.arch, "num_classes": str(self.num_classes),
+                "class_names": json.dumps(list(self.class_names)),
+                "palette": json.dumps([list(c) for c in self.palette]),
+                "mean": json.dumps(list(self.mean)), "std": json.dumps(list(self.std)),
+                "bands": json.dumps(None if self.bands is None else list(self.bands)),
+                "ignore_index": str(self.ignore_index), "metadata_source": self.source}
+
+
+def _rgb(colour: Sequence[Any]) -> tuple[int, int, int]:
+    r, g, b = (int(v) for v in colour)
+    return r, g, b
+
+
+def _classes_from_dataset_info(d: Mapping[str, Any]) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Names and colours from ``DatasetInfo.to_dict()`` (through ``from_dict`` when it exists)."""
+    try:
+        from datasets.info import DatasetInfo  # type: ignore[import-not-found]
+    except ImportError:  # a checkout from before datasets.info: read the documented dict keys
+        classes = sorted(d["classes"], key=lambda c: int(c["id"]))
+        return [str(c["name"]) for c in classes], [_rgb(c["color"]) for c in classes]
+    info = DatasetInfo.from_dict(dict(d))
+    return list(info.class_names), [_rgb(c) for c in np.asarray(info.palette)]
+
+
+def _num_classes(ckpt: Mapping[str, Any]) -> int | None:
+    if ckpt.get("num_classes"):
+        return int(ckpt["num_classes"])
+    from network.checkpoint import extract_state_dict
+
+    weight = extract_state_dict(ckpt).get(CLASSIFIER_KEY)
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def model_info(ckpt: Mapping[str, Any], arch: str | None = None, num_classes: int | None = None) -> ModelInfo:
+    """:class:`ModelInfo` of a checkpoint dict; ``arch``/``num_classes`` fill in what it lacks."""
+    from network.checkpoint import CheckpointError
+
+    saved_arch = ckpt.get("arch")
+    if arch and saved_arch and arch != saved_arch:
+        raise CheckpointError(f"--arch {arch} but the checkpoint was trained as {saved_arch}: "
+                              f"pass --arch {saved_arch} (or omit --arch)")
+    arch = arch or saved_arch
+    if not arch:
+        raise CheckpointError("the checkpoint does not record its architecture: pass --arch "
+                              "(e.g. ocrnet.HRNet_Mscale for the reference's published weights)")
+    n = num_classes or _num_classes(ckpt)
+    if not n:
+        raise CheckpointError("the checkpoint records no class count: pass --num_classes")
+    d = ckpt.get("dataset_info")
+    if isinstance(d, Mapping) and d.get("classes"):
+        names, colours = _classes_from_dataset_info(d)
+        bands = d.get("bands")
+        return ModelInfo(arch, n, tuple(names), tuple(colours), tuple(d.get("mean", IMAGENET_MEAN)),
+                         tuple(d.get("std", IMAGENET_STD)), tuple(bands) if bands is not None else None,
+                         int(d.get("ignore_index", 255)))
+    from datasets.folder import default_class_names, default_palette
+
+    return ModelInfo(arch, n, tuple(default_class_names(n)),
+                     tuple(_rgb(c) for c in default_palette(n)),
+                     source="defaults (the checkpoint has no dataset_info)")
+
+
+def load_model(snapshot: str | Path | None, arch: str | None = None, num_classes: int | None = None,
+               eval_scales: Sequence[float] | None = (0.5, 1.0, 2.0)) -> tuple[nn.Module, ModelInfo]:
+    """The registered model with the snapshot's weights (strict), in eval mode, and its info.
+
+    ``snapshot`` may be a project checkpoint, slim ``.safetensors`` weights or the reference's
+    ``.pth``; ``None`` builds random weights (needs ``arch`` and ``num_classes``; demos only).
+    """
+    from network import get_model, load_checkpoint
+    from network.checkpoint import read_checkpoint
+
+    ckpt: dict[str, Any] = read_checkpoint(snapshot) if snapshot else {"num_classes": num_classes or 19}
+    info = model_info(ckpt, arch, num_classes)
+    model = get_model(info.arch, num_classes=info.num_classes, trunk_weights=None,
+                      eval_scales=tuple(eval_scales) if eval_scales else None)
+    if snapshot:
+        load_checkpoint(model, ckpt)
+    return model.eval(), info
+
+
+def parse_scales(text: str | Sequence[float] | None) -> tuple[float, ...] | None:
+    """``"0.5,1.0"`` -> ``(0.5, 1.0)``; ``None``/``""`` -> ``None``. Raises ValueError naming the problem."""
+    if text is None or text == "":
+        return None
+    values = tuple(float(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip())
+    if 1.0 not in values or any(v <= 0 for v in values) or len(set(values)) != len(values):
+        raise ValueError(f"scales {values}: need distinct positive values including 1.0, e.g. 0.5,1.0")
+    return tuple(sorted(values))
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Random weights (no --snapshot) the same on every run, so exports and benches compare."""
+    torch.manual_seed(seed)
