@@ -19,10 +19,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIZE_DIVISOR = 32  # HRNet's lowest branch is 1/32 of the input; predict.py rounds to it too
 CLASSIFIER_KEY = "ocr.cls_head.weight"
+
+
+class DeployError(UserError, ValueError):
+    """A deploy command asked for something that cannot be done; the message names the flag and fix."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,7 @@ def parse_scales(text: str | Sequence[float] | None) -> tuple[float, ...] | None
         return None
     values = tuple(float(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip())
     if 1.0 not in values or any(v <= 0 for v in values) or len(set(values)) != len(values):
-        raise ValueError(f"scales {values}: need distinct positive values including 1.0, e.g. 0.5,1.0")
+        raise DeployError(f"scales {values}: need distinct positive values including 1.0, e.g. 0.5,1.0")
     return tuple(sorted(values))
 
 

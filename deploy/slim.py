@@ -27,32 +27,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from deploy.meta import model_info
-    from network.checkpoint import CheckpointError, read_checkpoint
+    from utils.errors import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("deploy.slim", lambda: run(build_parser().parse_args(argv)), argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deploy.meta import DeployError, model_info
+    from network.checkpoint import read_checkpoint
     from network.weights import sha256_path, slim_checkpoint, slimmed_size
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     out = Path(args.out)
     if out.suffix != ".safetensors":
-        return _error(f"--out {args.out}: name the file *.safetensors (the loaders pick the format by suffix)")
-    try:
-        ckpt = read_checkpoint(args.snapshot)
-        info = model_info(ckpt, args.arch, args.num_classes)  # refuses a file that cannot be rebuilt
-        ckpt = {**ckpt, "arch": info.arch, "num_classes": info.num_classes}
-        slim_checkpoint(ckpt, out)
-    except CheckpointError as e:
-        return _error(str(e))
+        raise DeployError(f"--out {args.out}: name the file *.safetensors (loaders pick the format by suffix)")
+    ckpt = read_checkpoint(args.snapshot)
+    info = model_info(ckpt, args.arch, args.num_classes)  # refuses a file that cannot be rebuilt
+    ckpt = {**ckpt, "arch": info.arch, "num_classes": info.num_classes}
+    slim_checkpoint(ckpt, out)
     before = Path(args.snapshot).stat().st_size
     print(f"slim: {args.snapshot} ({before / 2**20:.1f} MiB) -> {out} ({out.stat().st_size / 2**20:.1f} MiB, "
           f"{slimmed_size(ckpt) / 2**20:.1f} MiB of weights), {info.arch}, {info.num_classes} classes "
           f"({info.source}); digest in {sha256_path(out).name}")
     return 0
-
-
-def _error(message: str) -> int:
-    print(f"deploy.slim: error: {message}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":
