@@ -645,7 +645,7 @@ def build_model(arch: str, snapshot: str | None, num_classes: int | None, datase
     return model
 
 
-def _on_sigterm(signum, frame) -> None:
+def _on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through `finally`: reports are written, writes finish
 
 

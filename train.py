@@ -304,7 +304,7 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, precision: 
     return cm.compute()
 
 
-def validate(run: Run, epoch: int, final: bool = False) -> dict[str, Any]:
+def validate(run: Run, epoch: int) -> dict[str, Any]:
     """Evaluate, print the table, log, write metrics files, keep best.pth and its pictures."""
     cfg, info, ds = run.cfg, run.info, run.val_ds
     rd = Path(cfg.train.result_dir)
@@ -312,7 +312,8 @@ def validate(run: Run, epoch: int, final: bool = False) -> dict[str, Any]:
     limit = None if cfg.eval.dump_all_images else cfg.eval.dump_num_images
     # every rank evaluates its own share: with --dump_all_images each rank draws its images
     every = cfg.eval.dump_all_images
-    dumper = ImageDumper(tmp, ds.palette, limit, cfg.eval.dump_assets, ds.ignore_index) if info.is_main or every else None
+    dumper = (ImageDumper(tmp, ds.palette, limit, cfg.eval.dump_assets, ds.ignore_index)
+              if info.is_main or every else None)
     t0 = time.time()
     metrics = evaluate(run.net, run.val_loader, ds.num_classes, run.precision, info.device,
                        cfg.eval.n_scales, cfg.eval.do_flip, dumper, info.is_main, ds.ignore_index)
@@ -351,7 +352,7 @@ def _keep_best_images(tmp: Path, best: Path, improved: bool) -> None:
 
 # ----------------------------------------------------------------------------- wiring
 
-def _setup_determinism(cfg: Config, info: DistInfo) -> None:
+def _setup_determinism(cfg: Config) -> None:
     seed_all(mix_seed(cfg.train.seed, "init"))  # same initial weights on every rank
     torch.backends.cudnn.benchmark = not cfg.train.deterministic
     if cfg.train.deterministic:
@@ -377,7 +378,7 @@ def _accum_steps(cfg: Config, info: DistInfo) -> int:
 
 
 def run_eval(run: Run) -> int:
-    metrics = validate(run, epoch=0, final=True)
+    metrics = validate(run, epoch=0)
     _say(run.info, f"mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_acc']:.2f}")
     return 0
 
@@ -419,7 +420,7 @@ def _epochs(run: Run) -> int:
             epoch, st.epoch, st.consumed = st.epoch, st.epoch + 1, 0
             done = st.epoch >= cfg.train.max_epoch or st.iteration >= run.total_iters
             if done or (epoch + 1) % cfg.train.val_freq == 0:
-                validate(run, epoch, final=done)
+                validate(run, epoch)
             save(run, ckpt_io.LAST)
     return 0
 
@@ -442,7 +443,7 @@ def main(cfg: Config) -> int:
              torch.backends.cudnn.deterministic)
     created = ensure_output_dir(cfg.train.result_dir)
     try:
-        _setup_determinism(cfg, info)
+        _setup_determinism(cfg)
         if info.is_main:
             ckpt_io.remove_stale_temps(cfg.train.result_dir)
         precision = resolve_precision(cfg.amp_level, info.device)

@@ -82,7 +82,8 @@ machine (load average above); both methods ran interleaved in the same process.
 | baseline: per tile, per class `center_of_mass` (reference `uniform.py`) | {b:.1f} | 1x |
 | this project, run-length + `np.bincount` (`class_centroids`) | {o:.2f} | {b / o:.0f}x |
 | this project, dense per-pixel histogram path (used for noise-like maps) | {d:.1f} | {b / d:.1f}x |
-| worst case: i.i.d. random labels (dense path chosen automatically) vs baseline | {1e3 * t_noise:.1f} vs {1e3 * t_noise_base:.1f} | {t_noise_base / t_noise:.1f}x |
+| worst case: i.i.d. random labels (dense path chosen automatically) vs baseline | \
+{1e3 * t_noise:.1f} vs {1e3 * t_noise_base:.1f} | {t_noise_base / t_noise:.1f}x |
 
 Cache build end to end (PNG decode + centroids + atomic `.npz` write, 1 worker):
 {1e3 * t_build / len(maps):.1f} ms per label file."""

@@ -83,7 +83,7 @@ class MemoryLog:
         self.seen = 0
         self.samples: list[tuple[int, float, float]] = []
 
-    def __call__(self, module, args) -> None:
+    def __call__(self, _module, args) -> None:
         pid = os.getpid()
         total = _pss_mb(pid) + sum(_pss_mb(c) for c in _children(pid))
         self.samples.append((self.seen, _rss_mb(pid), total))
@@ -116,7 +116,7 @@ def _model(arch: str):
     return get_model(arch, num_classes=19, trunk_weights=None).eval()
 
 
-def run_pipeline(data: Path, out: Path, a: argparse.Namespace, model, log: MemoryLog) -> int:
+def run_pipeline(data: Path, out: Path, a: argparse.Namespace, model) -> int:
     from predict import PredictOptions, predict_folder
 
     opts = PredictOptions(eval_folder=str(data), result_dir=str(out), infer_short_side=a.short_side,
@@ -125,7 +125,7 @@ def run_pipeline(data: Path, out: Path, a: argparse.Namespace, model, log: Memor
     return s.done
 
 
-def run_naive(data: Path, out: Path, a: argparse.Namespace, model, log: MemoryLog) -> int:
+def run_naive(data: Path, out: Path, a: argparse.Namespace, model) -> int:
     import cv2
     import torch
 
@@ -158,7 +158,7 @@ def variant_main(a: argparse.Namespace) -> None:
     model.register_forward_pre_hook(log)
     fn = run_pipeline if a.variant == "pipeline" else run_naive
     start = time.perf_counter()
-    done = fn(Path(a.data), Path(a.out), a, model, log)
+    done = fn(Path(a.data), Path(a.out), a, model)  # `log` samples through the hook
     seconds = time.perf_counter() - start
     first, last = log.window(0, 100), log.window(done - 100, done)
     result = {

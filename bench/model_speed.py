@@ -108,7 +108,8 @@ def _fmt(result: dict) -> tuple[str, str]:
 
 
 def _table(results: dict, sizes: list[tuple[int, int]], modes: list[str]) -> str:
-    rows = ["| input | measurement | baseline s wall / CPU | optimized s wall / CPU | speed-up wall / CPU | baseline peak RSS GiB (after build) | optimized peak RSS GiB (after build) |",
+    rows = ["| input | measurement | baseline s wall / CPU | optimized s wall / CPU | speed-up wall / CPU "
+            "| baseline peak RSS GiB (after build) | optimized peak RSS GiB (after build) |",
             "|---|---|---|---|---|---|---|"]
     for size in sizes:
         for mode in modes:

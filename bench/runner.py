@@ -147,14 +147,18 @@ def main() -> None:
         dry = time_dry_run()
     lines = ["| 1,000-run sweep (10x5x20 cross product) | median of 5 |", "|---|---|",
              f"| expand + validate resources (in process) | {dry['expand_s'] * 1e3:.0f} ms |",
-             f"| render every run's sbatch script (`-n` text, {dry['text_mb']:.1f} MB) | {dry['dry_run_s'] * 1e3:.0f} ms |",
-             f"| `python -m sbatch sweep.yml -n` end to end (interpreter start included, 1 run) | {dry['cli_s']:.2f} s |"]
+             f"| render every run's sbatch script (`-n` text, {dry['text_mb']:.1f} MB) "
+             f"| {dry['dry_run_s'] * 1e3:.0f} ms |",
+             "| `python -m sbatch sweep.yml -n` end to end (interpreter start included, 1 run) "
+             f"| {dry['cli_s']:.2f} s |"]
     if not args.no_slurm:
         with local_cluster():
             sub = time_submissions(args.runs, args.wait)
-        lines += ["", f"| {args.runs} trivial runs (`true`) on the local 2-CPU cluster | one job array | {args.runs} separate jobs |",
+        lines += ["", f"| {args.runs} trivial runs (`true`) on the local 2-CPU cluster | one job array "
+                  f"| {args.runs} separate jobs |",
                   "|---|---|---|",
-                  f"| submission (returns, non-blocking) | {fmt(sub['array_submit_s'])} | {fmt(sub['separate_submit_s'])} |",
+                  f"| submission (returns, non-blocking) | {fmt(sub['array_submit_s'])} "
+                  f"| {fmt(sub['separate_submit_s'])} |",
                   f"| until sacct shows all finished | {fmt(sub['array_done_s'])} | {fmt(sub['separate_done_s'])} |"]
     body = "\n".join(lines) + ("\n\nThe separate submissions run one `sbatch` (through submitit) per run; the array "
                                "sends one script. Completion includes submitit's Python start per task.")

@@ -11,7 +11,8 @@ Geometry follows the reference's ``RandomSizeAndCrop``: scale by a random
 factor (times the ``pre_size`` factor), pad to the crop size with the ignore
 label (black image), crop at random or so that it contains the centroid, then
 flip. Scale, pad and crop are one ``cv2.warpAffine`` that computes only the
-crop window, so a 2x upscale of a 1024x2048 image costs a 1024x1024 crop. Masks always use nearest-neighbour interpolation. Randomness comes from
+crop window, so a 2x upscale of a 1024x2048 image costs a 1024x1024 crop. Masks always use
+nearest-neighbour interpolation. Randomness comes from
 ``torch``'s generator, which the DataLoader seeds per worker.
 """
 
@@ -195,6 +196,7 @@ class EvalTransform:
     pre_size: int | None = None
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None, centroid=None):
+        del centroid  # the transform protocol passes it; evaluation never crops
         if self.pre_size is not None:
             image, mask = resize_long_edge(image, mask, self.pre_size)
         return to_tensors(image, mask)

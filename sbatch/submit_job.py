@@ -2,7 +2,8 @@
 
 runx 0.0.11 (without ``-i``) builds, for a farm whose name contains ``draco``::
 
-    <SUBMIT_CMD> --<resource> <value> ... --name <job> --command ' cd <logdir>/code; PYTHONPATH=... exec <cmd> <flags> ' --logdir <logdir>/gcf_log
+    <SUBMIT_CMD> --<resource> <value> ... --name <job> \\
+        --command ' cd <logdir>/code; PYTHONPATH=... exec <cmd> <flags> ' --logdir <logdir>/gcf_log
 
 and runs it through ``/bin/sh`` from ``<logdir>`` after copying the code to ``<logdir>/code``.
 This module turns that into one Slurm job (same resources schema, container wrapping, requeue

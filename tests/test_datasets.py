@@ -32,7 +32,8 @@ def make_cityscapes(root: Path, cities: dict[str, list[str]], size=(16, 32), pac
         for k, city in enumerate(names):
             stem = f"{city}_{k:06d}_000019"
             ids = rng.integers(0, 34, size, dtype=np.uint8)
-            _write_png(img_dir / split / city / f"{stem}_leftImg8bit.png", rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+            rgb = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            _write_png(img_dir / split / city / f"{stem}_leftImg8bit.png", rgb)
             _write_png(gt_dir / split / city / f"{stem}_gtFine_labelIds.png", ids)
             labels[stem] = ids
     return labels

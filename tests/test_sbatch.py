@@ -40,7 +40,8 @@ def test_bad_resource_values_are_refused(bad):
 
 
 def test_layers_merge_and_map_to_submitit():
-    spec = farm_spec({"gpus_per_node": 8, "time": 240, "partition": "a", "sbatch_extra": "--reservation=r,--hint=nomultithread"},
+    spec = farm_spec({"gpus_per_node": 8, "time": 240, "partition": "a",
+                      "sbatch_extra": "--reservation=r,--hint=nomultithread"},
                      {"partition": "b", "nodes": 2, "exclusive": True, "mail_type": "END"})
     params = submitit_parameters(spec, job_name="j", preempt_signal="USR1")
     assert params["partition"] == "b" and params["nodes"] == 2 and params["ntasks_per_node"] == 8

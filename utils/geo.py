@@ -159,7 +159,8 @@ class _StripAccumulator:
         return out
 
 
-def _normalise(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _normalise(raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
+               nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """``(B, h, w)`` raw bands -> normalised float32 and the ``(h, w)`` nodata mask."""
     raw = raw.astype(np.float32)
     invalid = ~np.all([_valid_mask(b, nodata) for b in raw], axis=0)

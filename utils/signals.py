@@ -26,7 +26,7 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None
 
-    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+    def _handle(self, signum: int, _frame: types.FrameType | None) -> None:
         self.signum = signum
 
     def __enter__(self) -> StopRequest:
@@ -40,7 +40,7 @@ class StopRequest:
         self._previous.clear()
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
+def ignore_stop_signals(_worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: workers leave SIGTERM/SIGUSR1 to the main process,
     which stops them itself (Slurm signals every process of the step)."""
     for s in STOP_SIGNALS:
