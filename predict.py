@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +53,10 @@ from datasets.folder import (
     output_stems,
     shard,
 )
+from datasets.info import DatasetInfo, info_for_checkpoint
+from datasets.raster import GeoError
 from sbatch import slurmenv
-from utils.geo import GeoError
+from utils.dist import pick_device
 from utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 EXIT_TOO_MANY_FAILURES = 3
@@ -493,7 +496,7 @@ def _infer_with_oom_fallback(logits_fn, batch: list[dict], want_probs: bool, run
 def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, num_classes: int) -> None:
     from rasterio.errors import RasterioError
 
-    from utils.geo import RasterOptions, RasterOutputs, predict_raster
+    from datasets.raster import RasterOptions, RasterOutputs, predict_raster
 
     ropts = RasterOptions(bands=opts.bands, band_mean=opts.band_mean, band_std=opts.band_std,
                           tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
@@ -630,19 +633,21 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
         snapshot=str(Path(args.snapshot).resolve()) if args.snapshot else None)
 
 
-def build_model(arch: str, snapshot: str | None, num_classes: int | None, dataset: str | None) -> nn.Module:
-    """The registered model with the snapshot's weights; the class count comes from the snapshot if recorded."""
-    from network import get_model, load_checkpoint
-    from network.checkpoint import read_checkpoint
+def load_model(arch: str, snapshot: str | None, *, dataset: str | None = None, num_classes: int | None = None,
+               **model_kwargs: Any) -> tuple[nn.Module, DatasetInfo]:
+    """The registered model with the snapshot's weights, and the classes it predicts.
+
+    The classes come from the snapshot when it records them (``datasets.info_for_checkpoint``).
+    """
+    from network.checkpoint import build_model, read_checkpoint
 
     ckpt = read_checkpoint(snapshot) if snapshot else None
-    n = num_classes or (ckpt or {}).get("num_classes") or {"mapillary": 65}.get(dataset or "", 19)
-    model = get_model(arch, num_classes=int(n), trunk_weights=None)
+    info = info_for_checkpoint(ckpt, dataset, num_classes)
+    model_kwargs.setdefault("trunk_weights", None)
+    model = build_model(arch, info.num_classes, ckpt, **model_kwargs)
     if ckpt is None:
         print("predict: no --snapshot: the model has random weights (demo/benchmark only)", file=sys.stderr)
-    else:
-        load_checkpoint(model, ckpt)
-    return model
+    return model, info
 
 
 def _on_sigterm(signum: int, _frame: object) -> None:
@@ -652,11 +657,12 @@ def _on_sigterm(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opts = options_from_args(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        model = build_model(args.arch, args.snapshot, args.num_classes, args.dataset).to(device)
-        summary = predict_folder(model, opts, device=device)
+        model, info = load_model(args.arch, args.snapshot, dataset=args.dataset, num_classes=args.num_classes)
+        summary = predict_folder(model.to(device), opts, palette=info.palette, class_names=info.class_names,
+                                 device=device)
     except (PredictError, FolderError, GeoError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2

@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import Config, ConfigError, expand_assets, parse_config, save_config
-from utils import checkpoint as ckpt_io
+from datasets.info import DatasetInfo, dataset_info
+from datasets.loading import ResumableSampler, SeededDataset, ShardSampler, mix_seed, seed_all
+from network import checkpoint as ckpt_io
 from utils.amp import Precision, prepare_model, resolve_precision
-from utils.data import ResumableSampler, SeededDataset, ShardSampler, mix_seed, seed_all
 from utils.dist import (
     DistInfo,
     any_rank,
@@ -35,6 +36,7 @@ from utils.dist import (
     init_distributed,
     maybe_sync_batchnorm,
     mean_over_ranks,
+    pick_device,
 )
 from utils.dump import ImageDumper
 from utils.errors import run_cli
@@ -61,6 +63,7 @@ class Run:
     precision: Precision
     model: nn.Module  # possibly DDP-wrapped
     net: nn.Module  # the unwrapped model
+    data: DatasetInfo  # the classes the model predicts (recorded in every checkpoint)
     criterion: nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
@@ -129,14 +132,16 @@ def build_val_loader(cfg: Config, info: DistInfo, val_ds: Any) -> DataLoader:
 
 # ----------------------------------------------------------------------------- model
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    from network import get_model
-
+def model_kwargs(cfg: Config) -> dict[str, Any]:
+    """``get_model`` arguments other than the class count, from the config."""
     m = cfg.model
+    return {"trunk_weights": expand_assets(m.trunk_weights, m.assets_path), "mscale_lo_scale": m.mscale_lo_scale,
+            "align_corners": m.align_corners, "eval_scales": cfg.eval.n_scales or (m.mscale_lo_scale, 1.0)}
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
     try:
-        return get_model(m.arch, num_classes=num_classes, trunk_weights=expand_assets(m.trunk_weights, m.assets_path),
-                         mscale_lo_scale=m.mscale_lo_scale, align_corners=m.align_corners,
-                         eval_scales=cfg.eval.n_scales or (m.mscale_lo_scale, 1.0))
+        return ckpt_io.build_model(cfg.model.arch, num_classes, **model_kwargs(cfg))
     except KeyError as e:
         raise ConfigError(f"--arch: {e.args[0]}") from e
 
@@ -251,7 +256,7 @@ def save(run: Run, name: str) -> None:
             model=run.net, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
             epoch=st.epoch, iteration=st.iteration, best_miou=st.best_miou, device=run.info.device,
             sampler={"epoch": st.epoch, "consumed": st.consumed, "world_size": run.info.world_size,
-                     "state": _sampler_state(run)}, config=run.cfg.to_dict())
+                     "state": _sampler_state(run)}, config=run.cfg.to_dict(), dataset_info=run.data.to_dict())
         ckpt_io.save_checkpoint(ckpt, run.cfg.train.result_dir, name)
     barrier()
 
@@ -451,7 +456,8 @@ def main(cfg: Config) -> int:
         net = build_model(cfg, val_ds.num_classes)
         ckpt = load_weights(cfg, net, info)
         model, net = place_model(cfg, net, info, precision)
-        run = Run(cfg, info, precision, model, net, val_ds=val_ds, val_loader=build_val_loader(cfg, info, val_ds),
+        data = dataset_info(cfg.data.dataset, root=cfg.data.dataset_root)
+        run = Run(cfg, info, precision, model, net, data, val_ds=val_ds, val_loader=build_val_loader(cfg, info, val_ds),
                   logger=RunLogger(cfg.train.result_dir, info.rank, cfg.flags()))
         _say(info, f"{cfg.model.arch} on {info.device} x{info.world_size}, {precision.describe()}, "
              f"result_dir {cfg.train.result_dir}")
@@ -473,28 +479,22 @@ def main(cfg: Config) -> int:
 def eval_folder(cfg: Config) -> int:
     """``--eval folder``: predict.py's resumable, sharded folder inference with this config's model."""
     import predict
-    from network import load_checkpoint
-    from network.checkpoint import read_checkpoint
 
     snapshot = expand_assets(cfg.model.snapshot, cfg.model.assets_path)
-    ckpt = read_checkpoint(snapshot) if snapshot else None
-    num_classes = int((ckpt or {}).get("num_classes") or (65 if cfg.data.dataset == "mapillary" else 19))
-    net = build_model(cfg, num_classes)
-    if ckpt is not None:
-        load_checkpoint(net, ckpt)
-    device = torch.device("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        net, data = predict.load_model(cfg.model.arch, snapshot, dataset=cfg.data.dataset, **model_kwargs(cfg))
+    except KeyError as e:
+        raise ConfigError(f"--arch: {e.args[0]}") from e
+    device = pick_device(cfg.train.device)
     e = cfg.eval
     opts = predict.PredictOptions(
         eval_folder=e.eval_folder, result_dir=cfg.train.result_dir, subdirs=e.subdirs, shard=e.shard,
         infer_short_side=e.infer_short_side, batch_size=cfg.data.bs_val, workers=cfg.data.num_workers,
         scales=e.n_scales, flip=e.do_flip, amp=cfg.amp_level != "O0", overlay=e.dump_assets, probs=e.probs,
         arch=cfg.model.arch, snapshot=snapshot)
-    palette, names = None, None
-    if cfg.data.dataset in ("cityscapes", "synthetic") and num_classes == 19:
-        from datasets.cityscapes_labels import CLASS_NAMES, PALETTE
-        palette, names = PALETTE, CLASS_NAMES
     try:
-        summary = predict.predict_folder(net.to(device), opts, palette=palette, class_names=names, device=device)
+        summary = predict.predict_folder(net.to(device), opts, palette=data.palette, class_names=data.class_names,
+                                         device=device)
     except (predict.PredictError, ValueError) as err:
         raise ConfigError(f"--eval folder: {err}") from err
     return 0 if summary.ok else predict.EXIT_TOO_MANY_FAILURES

@@ -1,7 +1,8 @@
 """Datasets, augmentation and class-uniform sampling.
 
-    from datasets import build_dataset, build_sampler, DatasetError, list_datasets
+    from datasets import build_dataset, build_sampler, DatasetError, list_datasets, dataset_info
     ds = build_dataset("synthetic", split="train", transform=build_train_transform(128))
+    dataset_info("synthetic").class_names   # class table, root variable (datasets/info.py)
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import os
 from collections.abc import Callable
 
 from datasets.errors import DatasetError, UnknownDatasetError
+from datasets.info import ClassInfo, DatasetInfo, dataset_info, info_for_checkpoint, register_info
 
-__all__ = ["DatasetError", "build_dataset", "build_sampler", "list_datasets", "register_dataset"]
+__all__ = ["ClassInfo", "DatasetError", "DatasetInfo", "build_dataset", "build_sampler", "dataset_info",
+           "info_for_checkpoint", "list_datasets", "register_dataset", "register_info"]
 
 _BUILDERS: dict[str, Callable] = {}
 

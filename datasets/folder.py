@@ -21,43 +21,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets import cityscapes_labels
 from datasets.errors import DatasetError
+from datasets.info import IMAGENET_MEAN, IMAGENET_STD, default_class_names, default_palette  # noqa: F401
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 RASTER_EXTENSIONS = (".tif", ".tiff")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_PIXELS = 100_000_000
+
 
 class FolderError(DatasetError):
     """A folder, subdirectory range or shard specification that cannot be used."""
-
-
-def default_palette(num_classes: int) -> np.ndarray:
-    """``(num_classes, 3)`` uint8 RGB: Cityscapes' colours for 19 classes, else a generated one."""
-    if num_classes == len(cityscapes_labels.PALETTE):
-        return np.asarray(cityscapes_labels.PALETTE, dtype=np.uint8).copy()
-    return _bit_palette(num_classes)
-
-
-def default_class_names(num_classes: int) -> tuple[str, ...]:
-    if num_classes == len(cityscapes_labels.CLASS_NAMES):
-        return tuple(cityscapes_labels.CLASS_NAMES)
-    return tuple(f"class_{i}" for i in range(num_classes))
-
-
-def _bit_palette(num_classes: int) -> np.ndarray:
-    """Distinct colours by spreading the bits of the class id over R, G and B (PASCAL VOC's scheme)."""
-    out = np.zeros((num_classes, 3), dtype=np.uint8)
-    for c in range(num_classes):
-        cid, rgb = c, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for ch in range(3):
-                rgb[ch] |= ((cid >> ch) & 1) << shift
-            cid >>= 3
-        out[c] = rgb
-    return out
 
 
 # ---------------------------------------------------------------- discovery

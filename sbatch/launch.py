@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets.info import root_env_vars
+
 from .expand import Run
 from .resources import FarmSpec, submitit_parameters
 from .task import RunTask, TaskSpec
@@ -25,7 +27,8 @@ PREEMPT_SIGNAL = "USR1"  # what train.py checkpoints on (with SIGTERM)
 LAUNCHERS = {"torchrun", "torch.distributed.run", "torch.distributed.launch"}
 _LAUNCHER_FLAGS = {"--standalone", "--no_python", "--no-python", "--run_path", "--run-path",
                    "--module", "-m", "--use_env", "--use-env"}
-DATA_ENV = ("CITYSCAPES_ROOT", "MAPILLARY_ROOT", "SYNTHETIC_ROOT", "ASSETS_PATH", "DATA_ROOT")
+# the data a job reads: every dataset's root variable (datasets/info.py) and the asset paths
+DATA_ENV = (*root_env_vars(), "ASSETS_PATH", "DATA_ROOT")
 
 
 class LaunchError(RuntimeError):

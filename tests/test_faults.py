@@ -116,7 +116,7 @@ def test_read_only_result_dir(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- item 18: small
 
-def test_failed_run_leaves_no_empty_result_dir(tmp_path, capsys):
+def test_failed_run_leaves_no_empty_result_dir(tmp_path):
     rd = tmp_path / "never"
     assert cli(["--dataset", "nope", "--result_dir", str(rd)]) == 2
     assert not rd.exists()

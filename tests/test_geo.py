@@ -15,8 +15,7 @@ from rasterio.crs import CRS  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 
 from datasets.folder import default_palette  # noqa: E402
-from predict import PredictOptions, predict_folder  # noqa: E402
-from utils.geo import (  # noqa: E402
+from datasets.raster import (  # noqa: E402
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
     GeoError,
@@ -27,6 +26,7 @@ from utils.geo import (  # noqa: E402
     select_bands,
     tile_origins,
 )
+from predict import PredictOptions, predict_folder  # noqa: E402
 
 K = 4
 

@@ -30,13 +30,20 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(pref: str, local_rank: int) -> torch.device:
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
-    if pref in ("cuda", "auto") and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
+    """The one device choice (train.py, predict.py): ``auto`` is this process's GPU when CUDA is
+    available, else the CPU; ``cuda`` is this process's GPU (``LOCAL_RANK`` modulo the GPUs);
+    ``cuda:N`` and other torch device names are taken as given."""
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {pref} was asked for but torch.cuda.is_available() is False")
+    device = torch.device(pref)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device
 
 
 def init_distributed(device_pref: str = "auto") -> DistInfo:
