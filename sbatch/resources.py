@@ -150,7 +150,8 @@ def submitit_parameters(spec: FarmSpec, *, job_name: str, preempt_signal: str) -
     from .expand import check_name
 
     params: dict[str, Any] = {
-        "job_name": check_name("Slurm job name", job_name, "pass another --exp_name"), "nodes": spec.nodes, "ntasks_per_node": spec.ntasks_per_node,
+        "job_name": check_name("Slurm job name", job_name, "pass another --exp_name"), "nodes": spec.nodes,
+        "ntasks_per_node": spec.ntasks_per_node,
         "time": int(spec.time) if spec.time.isdigit() else spec.time,
         "array_parallelism": spec.array_parallelism, "signal_delay_s": spec.signal_delay_s,
         "stderr_to_stdout": True,
