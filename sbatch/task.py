@@ -102,6 +102,9 @@ class RunTask:
                slurmenv.SWEEP_RUN_ENV: spec.name}
         restarts = int(environ.get("SLURM_RESTART_COUNT", "0"))
         rank0 = env.get("RANK", "0") == "0"
+        if "RANK" in env:  # where each rank runs: the first thing to check on a multi-node job
+            print(f"[sbatch] {spec.name}: rank {env['RANK']}/{env['WORLD_SIZE']} on {socket.gethostname()}, "
+                  f"master {env['MASTER_ADDR']}:{env['MASTER_PORT']}", flush=True)
         if rank0:
             record(spec.logdir, event="start", job_id=slurmenv.job_id(environ), restart=restarts)
         self._proc = subprocess.Popen(spec.argv, cwd=spec.cwd, env=env)

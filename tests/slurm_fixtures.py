@@ -1,8 +1,9 @@
 """A real single-node Slurm cluster (with accounting) for the tests, started once per session.
 
-Imported by tests/test_slurm*.py. The cluster is ``sbatch/local_cluster.sh`` under a temporary
-directory with free ports; tests skip (with the reason) only when the Slurm, munge or MariaDB
-binaries are absent or the tests do not run as root (``SlurmUser=root``).
+Imported by tests/test_slurm*.py and tests/test_multinode.py. The cluster is
+``sbatch/local_cluster.sh`` under a temporary directory with free ports; tests skip (with the
+reason) only when the Slurm, munge or MariaDB binaries are absent or the tests do not run as root
+(``SlurmUser=root``), and the two-host cluster also when network namespaces are unavailable.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,34 +49,78 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """Start the cluster; yield the environment clients need (``SLURM_CONF``, ``PATH``)."""
+def multi_skip_reason() -> str | None:
+    """Why the two-host cluster (network namespaces) cannot start here, or None."""
     reason = skip_reason()
     if reason:
-        pytest.skip(reason)
-    root = tmp_path_factory.mktemp("slurm")
+        return reason
+    missing = [b for b in ("ip", "nsenter", "unshare", "flock") if shutil.which(b, path=PATH) is None]
+    if missing:
+        return f"the two-host cluster needs {', '.join(missing)} (iproute2, util-linux)"
+    probe = f"hmsa-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True,
+                          env={**os.environ, "PATH": PATH})
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, env={**os.environ, "PATH": PATH})
+    if made.returncode:
+        return f"network namespaces unavailable here (ip netns add: {made.stderr.strip()})"
+    return None
+
+
+@contextmanager
+def local_cluster(root: Path, **settings: str) -> Iterator[dict[str, str]]:
+    """``local_cluster.sh start`` under ``root`` on free ports; stopped (and, for several hosts,
+    its namespaces, links and /etc/netns files removed) however the body ends."""
     ports = free_ports(4)
     env = {**os.environ, "PATH": PATH, "HMSA_SLURMCTLD_PORT": str(ports[0]),
            "HMSA_SLURMD_PORT": str(ports[1]), "HMSA_SLURMDBD_PORT": str(ports[2]),
-           "HMSA_MYSQL_PORT": str(ports[3])}
-    started = subprocess.run(["bash", str(SCRIPT), "start", str(root)], env=env, capture_output=True,
-                             text=True, timeout=120)
-    if started.returncode != 0:
-        subprocess.run(["bash", str(SCRIPT), "stop", str(root)], env=env, timeout=60)
-        pytest.fail(f"local Slurm cluster did not start:\n{started.stderr}\n(logs in {root}/log)")
-    client = {"SLURM_CONF": str(root / "etc" / "slurm.conf"), "PATH": PATH}
-    old = {k: os.environ.get(k) for k in client}
-    os.environ.update(client)  # submitit (in-process) and sacct read these
+           "HMSA_MYSQL_PORT": str(ports[3]), **settings}
     try:
-        yield client
+        started = subprocess.run(["bash", str(SCRIPT), "start", str(root)], env=env, capture_output=True,
+                                 text=True, timeout=120)
+        if started.returncode != 0:
+            pytest.fail(f"local Slurm cluster did not start:\n{started.stderr}\n(logs in {root}/log)")
+        yield {"SLURM_CONF": str(root / "etc" / "slurm.conf"), "PATH": PATH}
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(root)], env=env, capture_output=True, timeout=60)
+
+
+@contextmanager
+def client_environ(client: dict[str, str]) -> Iterator[None]:
+    """``client`` in os.environ for the body: submitit (in-process) and sacct read it."""
+    old = {k: os.environ.get(k) for k in client}
+    os.environ.update(client)
+    try:
+        yield
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        subprocess.run(["bash", str(SCRIPT), "stop", str(root)], env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Start the cluster; yield the environment clients need (``SLURM_CONF``, ``PATH``)."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with local_cluster(tmp_path_factory.mktemp("slurm")) as client, client_environ(client):
+        yield client
+
+
+@pytest.fixture(scope="session")
+def multi_slurm_cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Two hosts, rack1-node01 and rack1-node02, each in its own network namespace; yields
+    the client environment plus ``HMSA_SLURM_DIR`` (for ``local_cluster.sh node-down DIR NODE``).
+    Not put into os.environ: tests that use it pass it to their subprocesses."""
+    reason = multi_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("slurm2")
+    # 4 CPUs per host (2 real cores): two 2-rank jobs and a 2-task one-host job fit at once
+    with local_cluster(root, HMSA_SLURM_HOSTS="2", HMSA_SLURM_CPUS="4") as client:
+        yield {**client, "HMSA_SLURM_DIR": str(root)}
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = 1.0) -> object:
@@ -87,18 +133,19 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def sacct_states(job_ids: list[str]) -> dict[str, str]:
+def sacct_states(job_ids: list[str], client: dict[str, str] | None = None) -> dict[str, str]:
     from sbatch.manifest import _sacct, lookup
 
-    states = _sacct(job_ids)
+    with client_environ(client or {}):
+        states = _sacct(job_ids)
     return {j: (lookup(states, j) or ("PENDING", ""))[0] for j in job_ids}
 
 
-def wait_terminal(job_ids: list[str], timeout: float) -> dict[str, str]:
+def wait_terminal(job_ids: list[str], timeout: float, client: dict[str, str] | None = None) -> dict[str, str]:
     from sbatch.manifest import ACTIVE_STATES
 
     def done() -> dict[str, str] | None:
-        states = sacct_states(job_ids)
+        states = sacct_states(job_ids, client)
         got = {j: states.get(j, "PENDING") for j in job_ids}
         return got if all(s not in ACTIVE_STATES for s in got.values()) else None
 
