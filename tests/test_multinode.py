@@ -50,7 +50,7 @@ TRAIN = ("OMP_NUM_THREADS=1 python train.py --dataset synthetic --arch ocrnet.HR
          "--bs_trn 1 --bs_val 2 --num_workers 0 --device cpu --dump_num_images 0 --deterministic "
          "--class_uniform_pct 0")
 # 8 training images, one per rank and step: 4 steps per epoch; a checkpoint after every step
-HPARAMS = {"max_epoch": 3, "max_iter": 12, "ckpt_freq": 1, "val_freq": 100, "result_dir": "LOGDIR"}
+HPARAMS = {"max_epoch": 2, "max_iter": 8, "ckpt_freq": 1, "val_freq": 100, "result_dir": "LOGDIR"}
 DUMP_ENV = """\
 import json, os, socket, sys
 keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
