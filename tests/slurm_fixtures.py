@@ -8,8 +8,10 @@ reason) only when the Slurm, munge or MariaDB binaries are absent or the tests d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -121,6 +123,20 @@ def multi_slurm_cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
     # 4 CPUs per host (2 real cores): two 2-rank jobs and a 2-task one-host job fit at once
     with local_cluster(root, HMSA_SLURM_HOSTS="2", HMSA_SLURM_CPUS="4") as client:
         yield {**client, "HMSA_SLURM_DIR": str(root)}
+    left = network_leftovers(root)
+    assert not left, f"local_cluster.sh stop left {left} behind"
+
+
+def network_leftovers(root: Path) -> list[str]:
+    """Namespaces, links and /etc/netns entries of the two-host cluster under ``root`` that exist."""
+    netid = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:6]  # as local_cluster.sh derives it
+    env = {**os.environ, "PATH": PATH}
+    names = subprocess.run(["ip", "netns", "list"], env=env, capture_output=True, text=True).stdout.split()
+    links = subprocess.run(["ip", "-o", "link", "show"], env=env, capture_output=True, text=True).stdout
+    found = [n for n in names if n.startswith(f"hmsa-{netid}-")]
+    found += [f"link {m}" for m in re.findall(rf"\b(h[bvp]{netid}\d*)\b", links)]
+    found += [str(p) for p in Path("/etc/netns").glob(f"hmsa-{netid}-*")]
+    return found
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = 1.0) -> object:

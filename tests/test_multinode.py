@@ -35,7 +35,9 @@ from tests.slurm_fixtures import (
     REPO,
     SCRIPT,
     events,
+    local_cluster,
     multi_slurm_cluster,
+    network_leftovers,
     sacct_states,
     wait_terminal,
     wait_until,
@@ -247,3 +249,26 @@ def test_lost_node_ends_the_job_requeues_and_resumes_to_the_same_weights(jobs):
     (_, _, reference), = [r for r in jobs["sweep"] if r[1].startswith("s0")]
     a, b = model_of(logdir), model_of(reference)
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run ended with different weights"
+
+
+def test_a_second_two_host_cluster_coexists_and_leaves_nothing(multi_slurm_cluster, tmp_path):
+    """Concurrent test sessions each start their own cluster: names and subnets must not
+    collide, and `stop` must remove namespaces, links, /etc/netns files and daemons."""
+    def subnet(conf: str) -> str:
+        return re.search(r"NodeAddr=(\d+\.\d+\.\d+)\.", Path(conf).read_text()).group(1)
+
+    with local_cluster(tmp_path / "c2", HMSA_SLURM_HOSTS="2") as client:
+        env = {**os.environ, **client}
+        out = subprocess.run(["srun", "-N2", "--ntasks-per-node=1", "sh", "-c", 'echo "$(hostname) $(hostname -i)"'],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        own = subnet(client["SLURM_CONF"])
+        assert sorted(out.stdout.splitlines()) == [f"{NODES[0]} {own}.2", f"{NODES[1]} {own}.3"]
+        assert own != subnet(multi_slurm_cluster["SLURM_CONF"])
+        assert network_leftovers(tmp_path / "c2")  # its namespaces exist while it runs
+        pids = [int(p.read_text()) for p in (tmp_path / "c2" / "run").glob("*.pid")]
+    assert not network_leftovers(tmp_path / "c2")
+    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()
+             and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+    assert not alive, f"daemons still running: {alive}"
+    assert set(node_states(multi_slurm_cluster)) == set(NODES)  # the first cluster still answers
