@@ -255,7 +255,9 @@ def test_a_second_two_host_cluster_coexists_and_leaves_nothing(multi_slurm_clust
     """Concurrent test sessions each start their own cluster: names and subnets must not
     collide, and `stop` must remove namespaces, links, /etc/netns files and daemons."""
     def subnet(conf: str) -> str:
-        return re.search(r"NodeAddr=(\d+\.\d+\.\d+)\.", Path(conf).read_text()).group(1)
+        m = re.search(r"NodeAddr=(\d+\.\d+\.\d+)\.", Path(conf).read_text())
+        assert m, conf
+        return m.group(1)
 
     with local_cluster(tmp_path / "c2", HMSA_SLURM_HOSTS="2") as client:
         env = {**os.environ, **client}
