@@ -39,12 +39,12 @@ from utils.dist import (
     pick_device,
 )
 from utils.dump import ImageDumper
-from utils.errors import run_cli
+from utils.errors import end_children, run_cli
 from utils.io import ensure_output_dir
 from utils.logger import RunLogger
 from utils.metrics import ConfusionMatrix, format_table, write_metrics
 from utils.optim import build_optimizer, poly_schedule
-from utils.signals import EXIT_REQUEUE, StopRequest, ignore_stop_signals
+from utils.signals import EXIT_REQUEUE, StartupStop, StopRequest, ignore_stop_signals, stop_raises
 
 
 @dataclass
@@ -503,7 +503,19 @@ def eval_folder(cfg: Config) -> int:
 def cli(argv: list[str] | None = None) -> int:
     """Exit status per utils/errors.py: user errors one line + 2, disk full named, workers ended."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return run_cli("train.py", lambda: main(parse_config(argv)), argv)
+    return run_cli("train.py", lambda: _main_until_stopped(argv), argv)
+
+
+def _main_until_stopped(argv: list[str]) -> int:
+    try:
+        with stop_raises():
+            return main(parse_config(argv))
+    except StartupStop as e:
+        end_children()
+        print(f"train.py: {e}, before the first training step: nothing new to save; rerun the same command "
+              f"to start again (it resumes from last.pth in --result_dir if there is one); exit {EXIT_REQUEUE}",
+              file=sys.stderr, flush=True)
+        return EXIT_REQUEUE
 
 
 if __name__ == "__main__":

@@ -311,3 +311,43 @@ def test_rgb_or_16_bit_label_is_one_line(synthetic_root, tmp_path, capsys, kind)
     assert cli(tiny_args(root, tmp_path / "r", "--max_iter", "1")) == 2
     line = _one_line_error(capsys.readouterr().err)
     assert str(lab) in line and ("RGB" in line if kind == "rgb" else "outside" in line)
+
+
+# ----------------------------------------------------------------------------- item 11: SIGTERM at start-up
+
+@pytest.mark.slow  # a train.py subprocess
+def test_sigterm_during_start_up_exits_75(tmp_path):
+    """A preempted job used to die with 143 while generating/reading data: counted as failed."""
+    import signal
+
+    root = tmp_path / "fresh"  # empty: the synthetic scenes are generated at start-up
+    args = tiny_args(root, tmp_path / "run", "--max_iter", "2")
+    cmd = [sys.executable, str(REPO / "train.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (root / "leftImg8bit").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "during start-up" in err and "rerun the same command" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- item 18: metrics.csv
+
+def test_metrics_csv_has_one_val_row_per_epoch_after_a_resume(tmp_path):
+    """Killed between validation and last.pth, the resumed run validated that epoch again and
+    runx's metrics.csv got a second row for it."""
+    from utils.logger import RunLogger
+
+    metrics = {"miou": 0.5, "pixel_acc": 0.9, "mean_class_acc": 0.6, "fwiou": 0.7, "per_class_iou": [0.5]}
+    first = RunLogger(str(tmp_path), 0)
+    first.val(0, metrics, ["a"])
+    first.close()
+    resumed = RunLogger(str(tmp_path), 0)
+    resumed.val(0, metrics, ["a"])
+    resumed.val(1, metrics, ["a"])
+    resumed.close()
+    rows = [ln for ln in (tmp_path / "metrics.csv").read_text().splitlines() if ln.startswith("val,")]
+    assert len(rows) == 2, rows

@@ -3,11 +3,23 @@ logging.log) and its TensorBoard writer (loss, lr, mIoU, per-class IoU, images).
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+
+def _val_epochs(path: str) -> set[str]:
+    """Epochs that already have a ``val`` row in runx's metrics.csv (``val,k,v,...,epoch,E,...``)."""
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and r[0] == "val" and "epoch" in r[:-1]]
+    except OSError:
+        return set()
+    return {r[r.index("epoch") + 1] for r in rows}
 
 
 class RunLogger:
@@ -18,6 +30,7 @@ class RunLogger:
         self.logx = LogX()
         self.logx.initialize(logdir=str(result_dir), tensorboard=True, hparams=hparams,
                              global_rank=rank, eager_flush=False)
+        self.val_epochs = _val_epochs(os.path.join(str(result_dir), "metrics.csv"))
 
     def msg(self, text: str) -> None:
         self.logx.msg(text)  # prints and appends to logging.log, rank 0 only
@@ -29,6 +42,9 @@ class RunLogger:
         """A ``val`` line in metrics.csv (read by runx.sumx) and TensorBoard scalars."""
         summary = {"mean_iu": metrics["miou"], "pixel_acc": metrics["pixel_acc"],
                    "mean_class_acc": metrics["mean_class_acc"], "fwiou": metrics["fwiou"]}
+        if str(epoch) in self.val_epochs:  # re-validated after a kill before last.pth: one row per epoch
+            return
+        self.val_epochs.add(str(epoch))
         self.logx.metric("val", summary, epoch)
         if self.rank0:
             for name, iou in zip(class_names, metrics["per_class_iou"], strict=True):

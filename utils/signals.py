@@ -7,8 +7,10 @@ the process exits with :data:`EXIT_REQUEUE` (75, ``EX_TEMPFAIL``): "requeue me".
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import types
+from collections.abc import Iterator
 
 EXIT_REQUEUE = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -38,6 +40,33 @@ class StopRequest:
         for s, prev in self._previous.items():
             signal.signal(s, prev)  # type: ignore[arg-type]
         self._previous.clear()
+
+
+class StartupStop(Exception):
+    """A stop signal arrived during start-up, before there was anything to checkpoint."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)  # args stay (signum,): it pickles back from a pool worker
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"stopped by signal {self.signum} during start-up"
+
+
+@contextlib.contextmanager
+def stop_raises() -> Iterator[None]:
+    """Start-up: a stop signal raises :class:`StartupStop` at once (the caller exits
+    :data:`EXIT_REQUEUE`), instead of killing the process with 143, which counts as failed.
+    A :class:`StopRequest` entered inside takes over for the training loop."""
+    def handler(signum: int, _frame: types.FrameType | None) -> None:
+        raise StartupStop(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, prev in previous.items():
+            signal.signal(s, prev)
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
