@@ -351,3 +351,33 @@ def test_metrics_csv_has_one_val_row_per_epoch_after_a_resume(tmp_path):
     resumed.close()
     rows = [ln for ln in (tmp_path / "metrics.csv").read_text().splitlines() if ln.startswith("val,")]
     assert len(rows) == 2, rows
+
+
+# ----------------------------------------------------------------------------- item 10: disk full
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root and mount; skipped where either is missing)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_names_enospc_and_keeps_the_previous_checkpoint(tiny_disk, capsys):
+    import torch
+
+    from utils.errors import run_cli
+    from utils.io import atomic_torch_save
+
+    last = tiny_disk / "last.pth"
+    atomic_torch_save({"iteration": 1, "w": torch.ones(10)}, last)
+    big = {"iteration": 2, "w": torch.ones(1 << 19)}  # 2 MiB: does not fit
+    assert run_cli("train.py", lambda: atomic_torch_save(big, last) or 0) == 1
+    line = _one_line_error(capsys.readouterr().err)
+    assert "ENOSPC" in line and str(last) in line and "intact" in line
+    assert torch.load(last, weights_only=True)["iteration"] == 1
+    assert [p.name for p in tiny_disk.iterdir()] == ["last.pth"]  # no temporary file left

@@ -125,7 +125,24 @@ def atomic_torch_save(obj: Any, dest: str | os.PathLike) -> None:
     import torch
 
     with atomic_path(dest) as tmp:
-        torch.save(obj, tmp)
+        try:  # a file object, so that a full disk is an OSError (ENOSPC), not "unexpected pos ..."
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+        except (OSError, RuntimeError) as e:  # torch may raise its own error while unwinding
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror, str(dest)) from e
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind ``error`` (itself, or in its context/cause chain), if any."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno:
+            return error
+        error, seen = error.__context__ or error.__cause__, seen + 1
+    return None
 
 
 def atomic_imwrite(dest: str | os.PathLike, image: np.ndarray, params: list[int] | None = None) -> None:
