@@ -45,6 +45,8 @@ class ModelConfig:
     trunk: str = _f("hrnetv2", "recorded only: the trunk is fixed by --arch")
     trunk_weights: str | None = _f(None, "ImageNet trunk weights (local file)")
     snapshot: str | None = _f(None, "weights to start from (may contain ASSETS_PATH)")
+    snapshot_partial: bool = _f(False, "training: load only the --snapshot tensors whose name and shape fit")
+    trust_checkpoint: bool = _f(False, "unpickle checkpoints fully (runs code from the file; trusted files only)")
     assets_path: str | None = _f(None, "replaces ASSETS_PATH in paths (default: $ASSETS_PATH)")
     syncbn: bool = _f(False, "convert BatchNorm to SyncBatchNorm (GPU backends only)")
     mscale_lo_scale: float = _f(0.5, "low-resolution scale of the two-scale training forward")
@@ -328,6 +330,51 @@ def validate(cfg: Config) -> None:
     _validate_model_data(cfg.model, cfg.data)
     _validate_loss_optim(cfg.loss, cfg.optim)
     _validate_train_eval(cfg.train, cfg.eval, cfg.data)
+
+
+# ----------------------------------------------------------------------------- resume
+
+# Flags that may differ from the checkpoint's when a run resumes: where things are, how often
+# to validate/checkpoint/log, loader workers, evaluation and pictures, and the run's length
+# (RESUME_LENGTH: the poly schedule then ends at the new horizon). Any other change (lr,
+# optimizer, arch, data, crop, batch, loss, precision, seed ...) is refused: the optimizer
+# state, schedule and sampler in the checkpoint were made for the old values.
+RESUME_LENGTH = frozenset({"max_epoch", "max_iter"})
+RESUME_SAFE = RESUME_LENGTH | frozenset({
+    "result_dir", "resume", "snapshot", "snapshot_partial", "trust_checkpoint", "assets_path", "trunk_weights",
+    "trunk", "debug", "local_rank", "device", "dataset_root", "centroid_cache", "num_workers", "bs_val",
+    "val_freq", "ckpt_freq", "log_freq", "eval", "eval_folder", "n_scales", "do_flip", "dump_assets",
+    "dump_all_images", "dump_num_images", "subdirs", "shard", "infer_short_side", "probs"})
+
+
+def resume_changes(saved: typing.Mapping[str, Any] | None, cfg: Config) -> list[tuple[str, Any, Any]]:
+    """``(flag, checkpoint's value, new value)`` for every flag that differs from the config
+    saved in a checkpoint (a flag the checkpoint predates counts as its default)."""
+    if not isinstance(saved, typing.Mapping):
+        return []
+    old = {k: v for section in saved.values() if isinstance(section, typing.Mapping) for k, v in section.items()}
+    defaults = Config().flags()
+    return [(k, old.get(k, defaults.get(k)), v) for k, v in cfg.flags().items()
+            if old.get(k, defaults.get(k)) != v]
+
+
+def check_resume(saved: typing.Mapping[str, Any] | None, cfg: Config, where: str) -> list[str]:
+    """Raise :class:`ConfigError` listing the unsafe changes; returns notes on the safe ones that matter."""
+    changes = resume_changes(saved, cfg)
+    unsafe = [f"--{k} {_shown(a)} -> {_shown(b)}" for k, a, b in changes if k not in RESUME_SAFE]
+    if unsafe:
+        raise ConfigError(
+            f"{where} was trained with other flags: {', '.join(unsafe)}; resuming would keep the checkpoint's "
+            "optimizer state and schedule. Rerun with the checkpoint's values, or start a new run in another "
+            f"--result_dir with --snapshot {where} to begin from its weights. Safe to change on resume: "
+            "--max_epoch, --max_iter, --val_freq, --ckpt_freq, --log_freq, --num_workers, --bs_val, "
+            "--dataset_root, evaluation and picture flags (README: Failure behaviour)")
+    return [f"--{k} {_shown(a)} -> {_shown(b)}: the poly schedule now ends at the new length"
+            for k, a, b in changes if k in RESUME_LENGTH]
+
+
+def _shown(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
 
 
 # ----------------------------------------------------------------------------- paths, output

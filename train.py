@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import Config, ConfigError, expand_assets, parse_config, save_config
+from config import Config, ConfigError, check_resume, expand_assets, parse_config, save_config
 from datasets.info import DatasetInfo, dataset_info
 from datasets.loading import ResumableSampler, SeededDataset, ShardSampler, mix_seed, seed_all
 from network import checkpoint as ckpt_io
@@ -166,11 +166,13 @@ def load_weights(cfg: Config, net: nn.Module, info: DistInfo) -> dict[str, Any] 
     last = Path(cfg.train.result_dir) / ckpt_io.LAST
     resume = cfg.train.resume or (str(last) if last.is_file() and cfg.eval.eval is None else None)
     if resume:
-        ckpt = read_checkpoint(resume)
+        ckpt = read_checkpoint(resume, trust=cfg.model.trust_checkpoint)
         if not ckpt_io.is_training_checkpoint(ckpt):
             raise CheckpointError(f"{resume} is not a training checkpoint written by train.py (format "
                                   f"{ckpt.get('format')!r}, no optimizer/iteration); pass it as --snapshot "
                                   "to load its weights only")
+        for note in check_resume(ckpt.get("config"), cfg, resume):
+            _say(info, f"note: {note}")
         load_checkpoint(net, ckpt, strict=True)
         return ckpt
     path = expand_assets(cfg.model.snapshot, cfg.model.assets_path)
@@ -180,12 +182,25 @@ def load_weights(cfg: Config, net: nn.Module, info: DistInfo) -> dict[str, Any] 
                 path = str(Path(cfg.train.result_dir) / name)
                 break
     if path:
-        load_checkpoint(net, path, strict=cfg.eval.eval is not None)
-        _say(info, f"loaded weights from {path}")
+        _load_snapshot(cfg, net, info, path)
     elif cfg.eval.eval is not None:
         warnings.warn("evaluating a model with random weights: no --snapshot, --resume or checkpoint "
                       "in --result_dir", stacklevel=2)
     return None
+
+
+def _load_snapshot(cfg: Config, net: nn.Module, info: DistInfo, path: str) -> None:
+    """All of the model from ``path``, or with --snapshot_partial (training) what fits; says how much."""
+    from network import CheckpointError, load_checkpoint
+    from network.checkpoint import loaded_fraction
+
+    partial = cfg.model.snapshot_partial and cfg.eval.eval is None
+    ckpt = load_checkpoint(net, path, strict=not partial, trust=cfg.model.trust_checkpoint)
+    fit, total, share = loaded_fraction(net, ckpt)
+    if fit == 0:
+        raise CheckpointError(f"--snapshot {path}: no tensor fits {cfg.model.arch} (--arch); pass the checkpoint "
+                              f"of a model of this architecture")
+    _say(info, f"loaded weights from {path}: {fit} of {total} tensors, {100 * share:.2f}% of the weights")
 
 
 # ----------------------------------------------------------------------------- training

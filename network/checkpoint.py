@@ -10,6 +10,7 @@ half-written one. Reading also accepts the reference's published ``.pth`` files.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import random
 import warnings
@@ -34,12 +35,50 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be read or does not fit the model; the message says why and what to do."""
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` a file on the CPU, safely where possible.
+def allowed_globals() -> list[Any]:
+    """The non-tensor types a checkpoint may hold, unpickled without running code from the file.
 
-    Tries ``weights_only=True`` first. The reference's published files also pickle
-    non-tensor objects (e.g. its config/argparse namespace); for those it falls back to a
-    full unpickle, which runs code from the file, so only do that for files you trust.
+    The reference's published ``.pth`` files hold, besides tensors, NumPy scalars (its
+    ``mean_iu``) and an ``argparse.Namespace``; NumPy arrays and dtypes come with them. Each
+    is rebuilt from plain data; any other global in the pickle (a function such as
+    ``os.system``, a class with a custom ``__reduce__``) is refused by ``weights_only=True``.
+    """
+    import argparse
+
+    core = np._core if hasattr(np, "_core") else np.core  # NumPy 2 / 1
+    scalar, rebuild = core.multiarray.scalar, core.multiarray._reconstruct
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [argparse.Namespace, np.dtype, np.ndarray, scalar, rebuild, *dtypes,
+            # files pickled under NumPy 1 name the same functions numpy.core.*
+            (scalar, "numpy.core.multiarray.scalar"), (rebuild, "numpy.core.multiarray._reconstruct")]
+
+
+def _safe_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with :func:`allowed_globals` allowed (torch >= 2.5)."""
+    allow = getattr(torch.serialization, "safe_globals", None)
+    with allow(allowed_globals()) if allow is not None else contextlib.nullcontext():
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _refused(path: Path, error: Exception) -> CheckpointError:
+    find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    try:
+        allowed = {f"{g.__module__}.{g.__qualname__}" for g in allowed_globals() if not isinstance(g, tuple)}
+        names = [n for n in find(path) if n not in allowed] if find else []
+    except Exception:  # noqa: BLE001 - only for the message
+        names = []
+    what = ", ".join(names[:5]) if names else str(error).splitlines()[0]
+    return CheckpointError(f"{path} holds Python objects outside the allow-list ({what}): unpickling them could "
+                           "run code from the file, so it was not loaded; if you trust where the file comes "
+                           "from, pass --trust_checkpoint (a full unpickle)")
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """``torch.load`` a file on the CPU without running code from it.
+
+    ``weights_only=True`` with :func:`allowed_globals`, which covers the project's files and
+    the reference's published ones. Anything else is refused with :class:`CheckpointError`
+    unless ``trust`` (``--trust_checkpoint``): then a full unpickle, with a warning.
     """
     path = Path(path)
     if path.suffix == ".safetensors":  # slim weights (network/weights.py): sha256-checked, no pickle
@@ -47,23 +86,32 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
         return read_weights(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file: check the path "
+                              "(--snapshot / --resume)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _safe_load(path)
     except pickle.UnpicklingError as safe_error:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # corrupt file: report both attempts
-            raise CheckpointError(f"cannot read checkpoint {path}: {e} (weights-only load: "
-                                  f"{safe_error})") from e
-        warnings.warn(f"{path} holds non-tensor Python objects (as the reference's published "
-                      "checkpoints do) and was read with torch.load(weights_only=False), which "
-                      "runs code from the file: load only checkpoints you trust", stacklevel=3)
+        if not trust:
+            raise _refused(path, safe_error) from safe_error
+        obj = _full_unpickle(path)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: not a valid torch file ({e})") from e
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: it is empty, truncated or not a torch file "
+                              f"({first}); restore or re-download it (a run's last.pth: move it away to "
+                              "start that run over)") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return dict(obj)
+
+
+def _full_unpickle(path: Path) -> Any:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    warnings.warn(f"{path} was read with a full unpickle (--trust_checkpoint), which runs code from the "
+                  "file: do this only for files you trust", stacklevel=4)
+    return obj
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -100,19 +148,20 @@ def _strip_module(key: str) -> str:
 
 
 def load_checkpoint(model: nn.Module, path_or_dict: str | Path | Mapping[str, Any],
-                    strict: bool = True) -> dict[str, Any]:
+                    strict: bool = True, trust: bool = False) -> dict[str, Any]:
     """Load weights into ``model`` and return the checkpoint dict.
 
     Accepts the project's checkpoints (``format: hmsa-ckpt/1``, weights under ``model``),
     the reference's ``.pth`` (``{"state_dict": {"module.…": …}}``) and bare state dicts.
     A different architecture or class count raises :class:`CheckpointError` naming the
     mismatching keys. ``strict=False`` loads only the tensors whose name and shape fit
-    (e.g. a trunk for fine-tuning with another class count) and warns about the rest.
+    (e.g. a trunk for fine-tuning with another class count) and warns about the rest;
+    :func:`loaded_fraction` tells how much that was. ``trust``: see :func:`read_checkpoint`.
     """
     if isinstance(path_or_dict, Mapping):
         ckpt, where = dict(path_or_dict), "checkpoint dict"
     else:
-        ckpt, where = read_checkpoint(path_or_dict), str(path_or_dict)
+        ckpt, where = read_checkpoint(path_or_dict, trust=trust), str(path_or_dict)
     state = extract_state_dict(ckpt, where)
     _check_compatible(model, state, ckpt, where, strict)
     if strict:
@@ -132,6 +181,16 @@ def build_model(arch: str, num_classes: int, ckpt: str | Path | Mapping[str, Any
     if ckpt is not None:
         load_checkpoint(model, ckpt, strict=strict)
     return model
+
+
+def loaded_fraction(model: nn.Module, ckpt: Mapping[str, Any]) -> tuple[int, int, float]:
+    """(tensors of ``model`` that ``ckpt`` fits by name and shape, tensors of the model,
+    fraction of the model's weight elements they hold)."""
+    state = extract_state_dict(ckpt)
+    own = model.state_dict()
+    fit = [k for k, v in own.items() if k in state and state[k].shape == v.shape]
+    total = sum(v.numel() for v in own.values()) or 1
+    return len(fit), len(own), sum(own[k].numel() for k in fit) / total
 
 
 def _load_fitting(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
@@ -162,9 +221,9 @@ def _check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], ckpt:
                         ("unexpected keys", unexpected)):
         if keys:
             parts.append(f"{len(keys)} {label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}.")
-    parts.append("Build the model with the checkpoint's architecture and class count "
-                 "(get_model(arch, num_classes)), or pass strict=False to load only the matching "
-                 "weights (e.g. a trunk for fine-tuning with another class count).")
+    parts.append("Use the checkpoint's --arch and class count (get_model(arch, num_classes)), or pass "
+                 "--snapshot_partial (strict=False) to load only the matching weights (e.g. a trunk for "
+                 "fine-tuning with another class count).")
     raise CheckpointError(" ".join(parts))
 
 

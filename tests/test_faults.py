@@ -381,3 +381,150 @@ def test_disk_full_names_enospc_and_keeps_the_previous_checkpoint(tiny_disk, cap
     assert "ENOSPC" in line and str(last) in line and "intact" in line
     assert torch.load(last, weights_only=True)["iteration"] == 1
     assert [p.name for p in tiny_disk.iterdir()] == ["last.pth"]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------- checkpoints (4, 5, 9, untrusted)
+
+def _training_checkpoint(root: Path, rd: Path) -> Path:
+    """A last.pth as train.py writes it (one step into a tiny run), without training."""
+    import torch
+
+    from config import parse_config
+    from network import get_model
+    from network.checkpoint import build_checkpoint, save_checkpoint
+
+    cfg = parse_config(tiny_args(root, rd, "--max_iter", "2"))
+    model = get_model(cfg.model.arch, num_classes=19)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    ckpt = build_checkpoint(model=model, optimizer=opt, scheduler=sched, scaler=None, epoch=0, iteration=1,
+                            sampler={"epoch": 0, "consumed": 2, "world_size": 1, "state": None},
+                            config=cfg.to_dict(), best_miou=-1.0)
+    rd.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(ckpt, rd, "last.pth")
+
+
+def test_resume_with_changed_flags_is_refused_with_the_differences(synthetic_root, tmp_path, capsys):
+    """--lr 0.3 on resume silently kept the checkpoint's 0.002 schedule."""
+    rd = tmp_path / "run"
+    _training_checkpoint(synthetic_root, rd)
+    args = tiny_args(synthetic_root, rd, "--max_iter", "2")
+    args[args.index("--lr") + 1] = "0.3"
+    assert cli([*args, "--crop_size", "32,32"]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "--lr 0.002 -> 0.3" in line and "--crop_size 64,64 -> 32,32" in line
+    assert "--snapshot" in line and "--max_epoch" in line  # how to proceed, what is safe
+
+
+def test_resume_safe_changes_are_accepted_and_length_changes_noted(synthetic_root, tmp_path):
+    from config import check_resume, parse_config
+
+    saved = parse_config(tiny_args(synthetic_root, tmp_path, "--max_iter", "2")).to_dict()
+    new = parse_config(tiny_args(synthetic_root, tmp_path, "--max_iter", "4", "--val_freq", "3",
+                                 "--ckpt_freq", "7", "--bs_val", "2", "--do_flip"))
+    notes = check_resume(saved, new, "last.pth")
+    assert notes == ["--max_iter 2 -> 4: the poly schedule now ends at the new length"]
+
+
+def _other_arch_snapshot(tmp_path: Path) -> Path:
+    import torch
+
+    from network import get_model
+
+    path = tmp_path / "single_scale.pth"
+    torch.save({"model": get_model("ocrnet.HRNet_w18s", num_classes=19).state_dict()}, path)
+    return path
+
+
+def test_snapshot_of_another_architecture_is_refused(synthetic_root, tmp_path, capsys):
+    """0.26% of the parameters loaded, one warning, then training: now refused."""
+    snap = _other_arch_snapshot(tmp_path)
+    args = tiny_args(synthetic_root, tmp_path / "run", "--max_iter", "1", "--snapshot", str(snap),
+                     arch="ocrnet.HRNet_Mscale_w18s")
+    assert cli(args) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "--snapshot_partial" in line and "scale_attn" in line
+
+
+def test_partial_snapshot_on_request_says_how_much_was_loaded(synthetic_root, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    import train
+    from config import parse_config
+    from network import get_model
+
+    snap = _other_arch_snapshot(tmp_path)
+    cfg = parse_config(tiny_args(synthetic_root, tmp_path, "--snapshot", str(snap), "--snapshot_partial",
+                                 arch="ocrnet.HRNet_Mscale_w18s"))
+    net = get_model(cfg.model.arch, num_classes=19)
+    with pytest.warns(UserWarning, match="not in the checkpoint"):
+        train._load_snapshot(cfg, net, SimpleNamespace(is_main=True), str(snap))
+    out = capsys.readouterr().out
+    assert "loaded weights from" in out and "% of the weights" in out and "of " in out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "missing"])
+def test_broken_checkpoints_are_one_line(synthetic_root, tmp_path, capsys, damage):
+    """A truncated last.pth (auto-resume) or an empty/missing --snapshot gave a traceback."""
+    rd = tmp_path / "run"
+    last = _training_checkpoint(synthetic_root, rd)
+    args = tiny_args(synthetic_root, rd, "--max_iter", "2")
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    else:
+        last.unlink()
+        snap = tmp_path / "snap.pth"
+        if damage == "empty":
+            snap.write_bytes(b"")
+        args += ["--snapshot", str(snap)]
+    assert cli(args) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert ("does not exist" if damage == "missing" else "truncated") in line
+
+
+class _RunsACommand:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_whose_pickle_runs_a_command_is_refused(synthetic_root, tmp_path, capsys):
+    """read_checkpoint fell back to torch.load(weights_only=False): the file's code ran."""
+    import torch
+
+    from network import get_model
+    from network.checkpoint import CheckpointError, read_checkpoint
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": get_model("ocrnet.HRNet_w18s", num_classes=19).state_dict(),
+                "payload": _RunsACommand(marker)}, evil)
+    with pytest.raises(CheckpointError, match="--trust_checkpoint") as info:
+        read_checkpoint(evil)
+    assert "system" in str(info.value)
+    args = tiny_args(synthetic_root, tmp_path / "run", "--max_iter", "1", "--snapshot", str(evil))
+    assert cli(args) == 2
+    assert "--trust_checkpoint" in _one_line_error(capsys.readouterr().err)
+    assert not marker.exists()  # nothing ran
+
+
+def test_reference_style_checkpoint_loads_without_a_full_unpickle(tmp_path, recwarn):
+    """The published files hold NumPy scalars and an argparse.Namespace: allow-listed, no warning."""
+    import argparse
+
+    import numpy as np
+    import torch
+
+    from network import get_model
+    from network.checkpoint import read_checkpoint
+
+    state = {"module." + k: v for k, v in get_model("ocrnet.HRNet_w18s", num_classes=19).state_dict().items()}
+    path = tmp_path / "ref.pth"
+    torch.save({"state_dict": state, "epoch": 3, "mean_iu": np.float64(0.81), "arrays": np.arange(3),
+                "args": argparse.Namespace(arch="ocrnet.HRNet_Mscale", n_scales=[0.5, 1.0]),
+                "command": "train.py --arch ocrnet.HRNet_Mscale"}, path)
+    ckpt = read_checkpoint(path)
+    assert ckpt["mean_iu"] == pytest.approx(0.81) and ckpt["args"].arch == "ocrnet.HRNet_Mscale"
+    assert not [w for w in recwarn if "unpickle" in str(w.message) or "weights_only" in str(w.message)]

@@ -75,8 +75,7 @@ def test_reference_file_with_pickled_objects_gives_identical_outputs(tmp_path):
     torch.save({"state_dict": {"module." + k: v for k, v in source.items()},
                 "args": argparse.Namespace(arch="ocrnet.HRNet_Mscale"), "epoch": 5}, path)
     via_file = get_model("ocrnet.HRNet_Mscale_w18s", NUM_CLASSES).eval()
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        assert load_checkpoint(via_file, path)["epoch"] == 5
+    assert load_checkpoint(via_file, path)["epoch"] == 5  # allow-listed: no full unpickle
     direct = get_model("ocrnet.HRNet_Mscale_w18s", NUM_CLASSES).eval()
     direct.load_state_dict(source, strict=True)
     x = torch.randn(1, 3, 64, 64)
