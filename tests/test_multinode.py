@@ -9,10 +9,12 @@ one module fixture, then each test waits for its own jobs:
 - ``sweep``: a two-run array, each run on both hosts (tests 1 and 3); its seed-0 run is the
   reference of the other two;
 - ``one``: the same configuration as the seed-0 run on one host with two processes (test 1);
-- ``lost``: the same configuration again; once it has checkpointed, rack1-node02 "crashes"
-  (its link cut, every process in it SIGKILLed); Slurm declares the host DOWN and requeues the
-  job, the host comes back, the job resumes (test 2). It waits for the sweep (a Slurm
-  dependency), so the crash hits no other job.
+- ``badrank``: rank 1's command fails while rank 0 sleeps: the job must end FAILED at once on
+  both hosts (``srun --kill-on-bad-exit``), not leave rank 0 waiting;
+- ``lost``: the same configuration as the sweep's seed-0 run; once it has checkpointed,
+  rack1-node02 "crashes" (its link cut, every process in it SIGKILLed); Slurm declares the host
+  DOWN and requeues the job, the host comes back, the job resumes (test 2). It waits for the
+  other jobs (a Slurm dependency), so the crash hits no other job.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ TRAIN = ("OMP_NUM_THREADS=1 python train.py --dataset synthetic --arch ocrnet.HR
          "--class_uniform_pct 0")
 # 8 training images, one per rank and step: 4 steps per epoch; a checkpoint after every step
 HPARAMS = {"max_epoch": 2, "max_iter": 8, "ckpt_freq": 1, "val_freq": 100, "result_dir": "LOGDIR"}
+BAD_RANK = """\
+import os, sys, time
+if os.environ["RANK"] == "1":
+    time.sleep(2)
+    sys.exit(3)  # a rank that dies on its own (out of memory, a bug) while its host lives
+time.sleep(300)  # rank 0: in a collective that will never complete
+"""
 DUMP_ENV = """\
 import json, os, socket, sys
 keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -105,15 +114,15 @@ def crash_and_revive(job_id: str, logdir: Path, env: dict, out: dict) -> None:
         out["crash_error"] = repr(e)
 
 
-def train_processes(logdir: Path) -> list[int]:
-    """PIDs of train.py processes of this run (on any host: the namespaces share /proc)."""
+def train_processes(logdir: Path, program: str = "train.py") -> list[int]:
+    """PIDs of this run's program (on any host: the namespaces share /proc)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"train.py" in b" ".join(cmd) and str(logdir).encode() in cmd:
+        if program.encode() in b" ".join(cmd) and str(logdir).encode() in cmd:
             pids.append(int(proc.name))
     return pids
 
@@ -149,13 +158,16 @@ def jobs(multi_slurm_cluster, synthetic_root, tmp_path_factory):
     (tmp / "dump_env.py").write_text(DUMP_ENV)
     out["env_job"] = submit(cfg, yml(tmp / "env.yml", {
         "CMD": f"python {tmp / 'dump_env.py'}", "HPARAMS": {"out": "LOGDIR/env"}}), env=env)
+    (tmp / "bad_rank.py").write_text(BAD_RANK)
+    out["badrank"] = submit(cfg, yml(tmp / "badrank.yml", {
+        "CMD": f"python {tmp / 'bad_rank.py'}", "HPARAMS": {"result_dir": "LOGDIR"}}), env=env)
     out["sweep"] = submit(cfg, yml(tmp / "sweep.yml", {
         "CMD": TRAIN, "HPARAMS": {**HPARAMS, "seed": [0, 1], "RUNX.TAG": "s{seed}"}}), env=env)
     out["one"] = submit(cfg, yml(tmp / "one.yml", {"CMD": TRAIN, "HPARAMS": {**HPARAMS, "seed": 0}}),
                         "--farm", "one_node", env=env)
-    array_id = out["sweep"][0][0].split("_")[0]
+    others = ":".join([out["sweep"][0][0].split("_")[0], out["badrank"][0][0], out["one"][0][0]])
     out["lost"] = submit(cfg, yml(tmp / "lost.yml", {
-        "CMD": TRAIN, "HPARAMS": {**HPARAMS, "seed": 0}, "RESOURCES": {"dependency": f"afterany:{array_id}"}}),
+        "CMD": TRAIN, "HPARAMS": {**HPARAMS, "seed": 0}, "RESOURCES": {"dependency": f"afterany:{others}"}}),
         env=env)
     (job_id, _, logdir), = out["lost"]
     out["watchers"] = [threading.Thread(target=watch_status, args=(cfg, env, out), daemon=True),
@@ -191,6 +203,18 @@ def test_env_mapping_matches_scontrol_on_real_node_names(jobs):
         assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == (str(r), "2", "0", "1")
         assert env["MASTER_ADDR"] == slurm_says[0]
         assert env["MASTER_PORT"] == str(20000 + int(env["SLURM_JOB_ID"]) % 20000) == ranks[0]["MASTER_PORT"]
+
+
+def test_a_failed_rank_ends_the_job_on_both_hosts(jobs):
+    """A rank whose command fails ends its sibling on the other host at once (job FAILED)."""
+    (job_id, _, logdir), = jobs["badrank"]
+    assert wait_terminal([job_id], 240, jobs["env"])[job_id] == "FAILED"
+    elapsed = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "ElapsedRaw", "-j", job_id], env=jobs["env"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert int(elapsed[0]) < 60, f"rank 0 lived {elapsed[0]} s after rank 1 failed"  # it would sleep 300 s
+    wait_until(lambda: not [p for p in train_processes(Path(logdir), "bad_rank.py")], 30, "rank 0 to go")
+    logs = rank_logs(logdir)
+    assert "rank 1/2 on rack1-node02" in logs[1] and "exit status 3" in logs[1], logs[1][-2000:]
 
 
 def test_two_node_run_equals_one_node_two_processes(jobs):
