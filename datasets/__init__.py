@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from datasets.errors import DatasetError, UnknownDatasetError
+from datasets.errors import DatasetConfigError, DatasetError, UnknownDatasetError
 from datasets.info import ClassInfo, DatasetInfo, dataset_info, info_for_checkpoint, register_info
 
-__all__ = ["ClassInfo", "DatasetError", "DatasetInfo", "build_dataset", "build_sampler", "dataset_info",
-           "info_for_checkpoint", "list_datasets", "register_dataset", "register_info"]
+__all__ = ["ClassInfo", "DatasetConfigError", "DatasetError", "DatasetInfo", "build_dataset", "build_sampler",
+           "dataset_info", "info_for_checkpoint", "list_datasets", "register_dataset", "register_info"]
 
 _BUILDERS: dict[str, Callable] = {}
 
@@ -40,7 +40,8 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
         builder = _BUILDERS[name]
     except KeyError:
         raise UnknownDatasetError(f"unknown dataset {name!r}: pass --dataset with one of "
-                                  f"{', '.join(list_datasets())}") from None
+                                  f"{', '.join(list_datasets())} (your own data: --dataset custom "
+                                  "--dataset_root DIR)") from None
     return builder(root=root, split=split, cv=cv, transform=transform, **options)
 
 
@@ -80,6 +81,14 @@ def _folder(root, split, cv, transform, **options):
     if root is None:
         raise DatasetError("the folder dataset needs root=<directory of images>")
     return FolderDataset(root, split=split, cv=cv, transform=transform, **options)
+
+
+@register_dataset("custom")
+def _custom(root, split, cv, transform, **options):
+    """Described by ``root/dataset.yaml`` (or ``config=FILE``): see datasets/spec.py."""
+    from datasets.custom import build_custom
+
+    return build_custom(root, split, cv, transform, **options)
 
 
 def build_sampler(dataset, class_uniform_pct: float = 0.0, class_uniform_tile: int = 1024,

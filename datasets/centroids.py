@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -117,10 +117,12 @@ def _centroids_dense(mask: np.ndarray, num_classes: int, tile: int) -> np.ndarra
     return _rows(c, ty, tx, counts[ty, tx, c], sum_x[ty, tx, c], sum_y[ty, tx, c], tile)
 
 
-def _file_centroids(job: tuple[str, np.ndarray | None, int, int]) -> np.ndarray:
+def _file_centroids(job: tuple[str, np.ndarray | None, int, int, Callable | None]) -> np.ndarray:
     from datasets.base import apply_lut, read_label
 
-    path, lut, num_classes, tile = job
+    path, lut, num_classes, tile, fn = job
+    if fn is not None:  # the dataset reads its own labels (colour labels, raster masks by windows)
+        return fn(path, num_classes, tile)
     return class_centroids(apply_lut(read_label(Path(path)), lut, Path(path)), num_classes, tile)
 
 
@@ -131,10 +133,15 @@ class CacheSpec:
     tile: int
     num_classes: int
     lut: np.ndarray | None
+    # ``fn(path, num_classes, tile) -> (M, 3)`` replaces reading + ``lut``; picklable, with a
+    # ``cache_key()`` that changes whenever its output would
+    fn: Callable[[str, int, int], np.ndarray] | None = None
 
     def digest(self) -> str:
         h = hashlib.sha256(f"{FORMAT}|{self.tile}|{self.num_classes}|".encode())
         h.update(b"none" if self.lut is None else np.ascontiguousarray(self.lut, np.uint8).tobytes())
+        if self.fn is not None:
+            h.update(f"|fn|{self.fn.cache_key()}".encode())  # type: ignore[attr-defined]
         return h.hexdigest()
 
 
@@ -234,7 +241,7 @@ def compute_many(paths: Sequence[str], spec: CacheSpec, workers: int | None = No
     """Centroids of many label files, in parallel processes with a progress bar."""
     from tqdm import tqdm
 
-    jobs = [(p, spec.lut, spec.num_classes, spec.tile) for p in paths]
+    jobs = [(p, spec.lut, spec.num_classes, spec.tile, spec.fn) for p in paths]
     workers = workers or min(8, os.cpu_count() or 1)
     bar = tqdm(total=len(jobs), desc="class centroids", unit="img", disable=not progress or not jobs)
     if workers <= 1 or len(jobs) < _PARALLEL_MIN:

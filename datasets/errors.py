@@ -13,3 +13,7 @@ class UnknownDatasetError(DatasetError, KeyError):
     """No dataset of that name is registered (a ``KeyError`` too, for lookups)."""
 
     __str__ = Exception.__str__  # KeyError would quote the message
+
+
+class DatasetConfigError(DatasetError):
+    """A dataset description (``dataset.yaml``) with a missing or wrong field; the message names it."""

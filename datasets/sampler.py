@@ -162,7 +162,8 @@ def _load_centroids(dataset, tile: int, cache_dir: Path | None, workers: int | N
     if paths is None or any(p is None for p in paths):
         raise DatasetError(f"class-uniform sampling needs a labelled dataset; {dataset!r} has images "
                            f"without labels: set class_uniform_pct=0")
-    spec = CacheSpec(tile, dataset.num_classes, getattr(dataset, "label_lut", None))
+    spec = CacheSpec(tile, dataset.num_classes, getattr(dataset, "label_lut", None),
+                     getattr(dataset, "centroid_fn", None))
     path = cache_file(cache_dir or default_cache_dir(), getattr(dataset, "name", "dataset"),
                       getattr(dataset, "root", Path(paths[0]).parent), spec)
     per_file, report = load_or_build([str(p) for p in paths], spec, path, workers=workers)

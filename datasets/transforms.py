@@ -49,12 +49,26 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 _NORM_LUT = ((np.arange(256, dtype=np.float32)[None, :] / 255.0 - MEAN[:, None]) / STD[:, None]).astype(np.float32)
 
 
-def to_tensors(image: np.ndarray, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8 RGB -> ImageNet-normalised float (3, H, W); uint8 mask -> long (H, W)."""
+def _norm_lut(mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
+    if mean is None or std is None:
+        return _NORM_LUT
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return ((np.arange(256, dtype=np.float32)[None, :] / 255.0 - m[:, None]) / s[:, None]).astype(np.float32)
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray | None, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 RGB -> normalised float (3, H, W) (ImageNet mean/std unless given); uint8 mask -> long.
+
+    A float (H, W, C) image (multi-band rasters, normalised by their dataset) is only transposed.
+    """
+    mask_t = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).long()
+    if image.dtype != np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), np.float32)), mask_t
+    lut = _norm_lut(mean, std)
     img = np.empty((3, *image.shape[:2]), np.float32)
     for c in range(3):
-        np.take(_NORM_LUT[c], image[..., c], out=img[c])
-    mask_t = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).long()
+        np.take(lut[c], image[..., c], out=img[c])
     return torch.from_numpy(img), mask_t
 
 
@@ -137,18 +151,20 @@ class TrainTransform:
     gblur: bool = False
     pre_size: int | None = None
     flip: bool = True
+    mean: tuple[float, ...] | None = None  # None: ImageNet's (uint8 RGB only)
+    std: tuple[float, ...] | None = None
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None, centroid=None):
         image, mask = self.scale_and_crop(image, mask, centroid)
         if self.flip and float(torch.rand(())) < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
             mask = None if mask is None else np.ascontiguousarray(mask[:, ::-1])
-        if self.color_aug > 0:
+        if self.color_aug > 0 and image.dtype == np.uint8:  # RGB photos; not normalised rasters
             a = self.color_aug
             image = ColorJitter(a, a, a, a)(image)
         if self.gblur:
             image = cv2.GaussianBlur(image, (0, 0), _uniform(0.15, 1.3))
-        return to_tensors(image, mask)
+        return to_tensors(image, mask, self.mean, self.std)
 
     def scale_and_crop(self, image: np.ndarray, mask: np.ndarray | None, centroid=None):
         """Scale, pad and crop in one ``cv2.warpAffine`` per array, computing only the crop.
@@ -172,7 +188,7 @@ class TrainTransform:
         if fx == 1.0 and fy == 1.0:
             m[:, 2] = (-x0, -y0)
         image = cv2.warpAffine(image, m, (tw, th), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         if mask is not None:
             mask = cv2.warpAffine(mask, m, (tw, th), flags=cv2.INTER_NEAREST,
                                   borderMode=cv2.BORDER_CONSTANT, borderValue=self.ignore_index)
@@ -194,12 +210,14 @@ class EvalTransform:
     """Optional resize of the long edge to ``pre_size`` (mask nearest), then to tensors."""
 
     pre_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None, centroid=None):
         del centroid  # the transform protocol passes it; evaluation never crops
         if self.pre_size is not None:
             image, mask = resize_long_edge(image, mask, self.pre_size)
-        return to_tensors(image, mask)
+        return to_tensors(image, mask, self.mean, self.std)
 
 
 def build_train_transform(crop_size: int | Sequence[int], scale_min: float = 0.5, scale_max: float = 2.0,

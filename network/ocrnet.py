@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from network.first_conv import set_in_channels
 from network.hrnet import create_trunk, load_trunk_weights, trunk_channels
 from network.ocr import OCRBlock, OCRWidths, make_attn_head
 from network.ops import resize_by, resize_to, scale_as, scale_key
@@ -164,7 +165,7 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
 
 def _build(arch: str, multiscale: bool, trunk: str, num_classes: int, trunk_weights: str | None,
            mscale_lo_scale: float, eval_scales: Sequence[float] | None, align_corners: bool,
-           widths: OCRWidths | None = None, fuse_upsample: str = "bilinear") -> nn.Module:
+           widths: OCRWidths | None = None, fuse_upsample: str = "bilinear", in_channels: int = 3) -> nn.Module:
     widths = widths or (REFERENCE_WIDTHS if trunk == "w48" else SMALL_WIDTHS[trunk])
     if multiscale:
         model = MscaleOCR(arch, num_classes, trunk, widths, align_corners, mscale_lo_scale,
@@ -173,6 +174,9 @@ def _build(arch: str, multiscale: bool, trunk: str, num_classes: int, trunk_weig
         model = OCRNet(arch, num_classes, trunk, widths, align_corners, fuse_upsample)
     if trunk_weights:
         load_trunk_weights(model.backbone, trunk_weights)
+    if in_channels != 3:  # N-band input: RGB filters extended (network/first_conv.py)
+        set_in_channels(model.backbone, in_channels)
+    model.in_channels = in_channels
     return model
 
 
