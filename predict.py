@@ -57,7 +57,7 @@ from datasets.info import DatasetInfo, info_for_checkpoint
 from datasets.raster import GeoError
 from sbatch import slurmenv
 from utils.dist import pick_device
-from utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temps
 
 EXIT_TOO_MANY_FAILURES = 3
 MANIFEST = "predict_manifest.json"
@@ -503,6 +503,8 @@ def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, 
                           size_divisor=opts.size_divisor, write_probs=opts.probs)
     for item in items:
         paths = expected_outputs(run.result_dir, item, opts)
+        for path in paths.values():  # a killed run's .<name>.*.tmp.tif; this shard owns the item
+            remove_stale_temps(path)
         try:
             predict_raster(Path(opts.eval_folder) / item.rel, RasterOutputs(paths["label"], paths.get("prob")),
                            logits_fn, num_classes, run.palette, ropts, run.class_names)

@@ -44,6 +44,23 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def remove_stale_temps(dest: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left beside ``dest`` when its writer was killed.
+
+    Call it only where no other process is writing ``dest`` right now (e.g. the shard that owns it).
+    """
+    dest = Path(dest)
+    stale = sorted(dest.parent.glob(f".{glob_escape(dest.name)}.*.tmp*")) if dest.parent.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters bracketed, so a file called ``a[1].tif`` matches itself."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
 def ensure_output_dir(path: str | os.PathLike, flag: str = "--result_dir") -> bool:
     """Create ``path`` if needed and check that files can be written in it; True if created here.
 
