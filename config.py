@@ -26,6 +26,7 @@ AMP_LEVELS = ("O0", "O1", "O2", "O3")
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 EVAL_MODES = ("val", "trn", "folder")
 DEVICES = ("auto", "cpu", "cuda")
+MONITOR_METRICS = ("miou", "pixel_acc", "mean_class_acc", "fwiou")  # higher is better
 
 
 class ConfigError(UserError, ValueError):
@@ -55,8 +56,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("cityscapes", "cityscapes, mapillary, synthetic")
+    dataset: str = _f("cityscapes", "cityscapes, mapillary, synthetic, custom (described by dataset.yaml)")
     dataset_root: str | None = _f(None, "dataset root (default: $CITYSCAPES_ROOT etc.)")
+    dataset_config: str | None = _f(None, "--dataset custom: its dataset.yaml (default: <dataset_root>/dataset.yaml)")
     cv: int = _f(0, "cross-validation split")
     crop_size: tuple[int, ...] = _f((896, 896), "training crop: S or H,W")
     pre_size: int | None = _f(None, "resize long edge to this before augmentation / eval")
@@ -115,6 +117,10 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda", choices=DEVICES)
     local_rank: int = _f(0, "set by torch.distributed.launch; LOCAL_RANK wins")
     log_freq: int = _f(10, "TensorBoard scalars every N steps")
+    monitor: str = _f("miou", "validation metric for best.pth, --save_top_k, --early_stop_patience",
+                      choices=MONITOR_METRICS)
+    save_top_k: int = _f(1, "keep the K best checkpoints by --monitor in checkpoints/ (1: best.pth only)")
+    early_stop_patience: int | None = _f(None, "stop after N validations without --monitor improving")
     debug: bool = _f(False, "print the traceback of user errors too (also HMSA_DEBUG=1)")
 
 
@@ -313,6 +319,11 @@ def _validate_train_eval(t: TrainConfig, e: EvalConfig, d: DataConfig) -> None:
     _check(t.val_freq >= 1, "val_freq", ">= 1", t.val_freq)
     _check(t.ckpt_freq >= 0, "ckpt_freq", ">= 0", t.ckpt_freq)
     _check(t.log_freq >= 1, "log_freq", ">= 1", t.log_freq)
+    _check(t.save_top_k >= 1, "save_top_k", ">= 1", t.save_top_k)
+    p = t.early_stop_patience
+    _check(p is None or p >= 1, "early_stop_patience", ">= 1", p)
+    _check(d.dataset_config is None or d.dataset == "custom", "dataset_config", "used with --dataset custom",
+           d.dataset_config)
     _check(bool(t.result_dir), "result_dir", "a directory", t.result_dir)
     g = t.global_batch_size
     _check(g is None or (g >= d.bs_trn and g % d.bs_trn == 0), "global_batch_size",

@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from utils.errors import end_children, run_cli
 from utils.io import ensure_output_dir
 from utils.logger import RunLogger
 from utils.metrics import ConfusionMatrix, format_table, write_metrics
+from utils.monitor import Monitor, eval_output_dir, write_top_k
 from utils.optim import build_optimizer, poly_schedule
 from utils.signals import EXIT_REQUEUE, StartupStop, StopRequest, ignore_stop_signals, stop_raises
 
@@ -77,6 +78,7 @@ class Run:
     state: State = field(default_factory=State)
     accum: int = 1
     total_iters: int = 0
+    monitor: Monitor = field(default_factory=Monitor)  # best.pth, --save_top_k, --early_stop_patience
 
 
 # ----------------------------------------------------------------------------- data
@@ -272,6 +274,7 @@ def save(run: Run, name: str) -> None:
             epoch=st.epoch, iteration=st.iteration, best_miou=st.best_miou, device=run.info.device,
             sampler={"epoch": st.epoch, "consumed": st.consumed, "world_size": run.info.world_size,
                      "state": _sampler_state(run)}, config=run.cfg.to_dict(), dataset_info=run.data.to_dict())
+        ckpt["monitor"] = run.monitor.state_dict()
         ckpt_io.save_checkpoint(ckpt, run.cfg.train.result_dir, name)
     barrier()
 
@@ -299,6 +302,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.state = State(epoch=s["epoch"], iteration=int(ckpt["iteration"]), consumed=s["consumed"],
                       best_miou=float(ckpt.get("best_miou", -1.0)))
     ckpt_io.restore_rng(ckpt["rng"], run.info.device)
+    run.monitor.load_state_dict(ckpt.get("monitor"))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -339,9 +343,9 @@ def validate(run: Run, epoch: int) -> dict[str, Any]:
                        cfg.eval.n_scales, cfg.eval.do_flip, dumper, info.is_main, ds.ignore_index)
     metrics.update(epoch=epoch, iteration=run.state.iteration, eval_seconds=round(time.time() - t0, 2),
                    scales=list(cfg.eval.n_scales or ()), flip=cfg.eval.do_flip, precision=run.precision.describe())
-    improved = metrics["miou"] > run.state.best_miou
-    if improved:
-        run.state.best_miou = metrics["miou"]
+    decision = run.monitor.update(metrics[cfg.train.monitor], epoch, run.state.iteration)
+    improved = decision.improved  # best.pth follows --monitor (miou by default)
+    run.state.best_miou = max(run.state.best_miou, metrics["miou"])
     if info.is_main:
         where = f"epoch {epoch} iteration {run.state.iteration}" if cfg.eval.eval is None else f"--eval {cfg.eval.eval}"
         run.logger.msg(f"{where}: mIoU {100 * metrics['miou']:.2f}\n" + format_table(metrics, ds.class_names))
@@ -351,6 +355,8 @@ def validate(run: Run, epoch: int) -> dict[str, Any]:
         write_metrics(rd, metrics, ds.class_names, {"best_miou": run.state.best_miou})
     if improved and cfg.eval.eval is None:
         save(run, ckpt_io.BEST)
+    if cfg.eval.eval is None:
+        write_top_k(rd, decision, run.monitor, lambda path: save(run, str(path)), info.is_main)
     if info.is_main:  # after best.pth, so the pictures never run ahead of the checkpoint
         _keep_best_images(tmp, rd / "best_images", improved and cfg.eval.eval is None)
     return metrics
@@ -442,6 +448,9 @@ def _epochs(run: Run) -> int:
             if done or (epoch + 1) % cfg.train.val_freq == 0:
                 validate(run, epoch)
             save(run, ckpt_io.LAST)
+            if run.monitor.exhausted:
+                _say(run.info, run.monitor.stop_message())
+                break
     return 0
 
 
@@ -472,8 +481,12 @@ def main(cfg: Config) -> int:
         ckpt = load_weights(cfg, net, info)
         model, net = place_model(cfg, net, info, precision)
         data = dataset_info(cfg.data.dataset, root=cfg.data.dataset_root)
+        if cfg.eval.eval:  # into a training run: eval_<mode>/, the run's own files stay as training wrote them
+            cfg = replace(cfg, train=replace(cfg.train, result_dir=str(eval_output_dir(cfg.train.result_dir, cfg.eval.eval))))
+            Path(cfg.train.result_dir).mkdir(parents=True, exist_ok=True)
         run = Run(cfg, info, precision, model, net, data, val_ds=val_ds, val_loader=build_val_loader(cfg, info, val_ds),
                   logger=RunLogger(cfg.train.result_dir, info.rank, cfg.flags()))
+        run.monitor = Monitor(cfg.train.monitor, cfg.train.save_top_k, cfg.train.early_stop_patience)
         _say(info, f"{cfg.model.arch} on {info.device} x{info.world_size}, {precision.describe()}, "
              f"result_dir {cfg.train.result_dir}")
         try:
