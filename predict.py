@@ -493,14 +493,15 @@ def _infer_with_oom_fallback(logits_fn, batch: list[dict], want_probs: bool, run
     return out
 
 
-def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, num_classes: int) -> None:
+def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, num_classes: int,
+                 in_channels: int = 3) -> None:
     from rasterio.errors import RasterioError
 
     from datasets.raster import RasterOptions, RasterOutputs, predict_raster
 
     ropts = RasterOptions(bands=opts.bands, band_mean=opts.band_mean, band_std=opts.band_std,
                           tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
-                          size_divisor=opts.size_divisor, write_probs=opts.probs)
+                          size_divisor=opts.size_divisor, write_probs=opts.probs, in_channels=in_channels)
     for item in items:
         paths = expected_outputs(run.result_dir, item, opts)
         for path in paths.values():  # a killed run's .<name>.*.tmp.tif; this shard owns the item
@@ -546,7 +547,8 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
     start = time.perf_counter()
     try:
         _run_photos([it for it in items if not it.raster], logits_fn, run, opts)
-        _run_rasters([it for it in items if it.raster], logits_fn, run, opts, num_classes)
+        _run_rasters([it for it in items if it.raster], logits_fn, run, opts, num_classes,
+                     int(getattr(model, "in_channels", 3)))
     finally:
         run.close()
         summary.seconds = time.perf_counter() - start
@@ -646,10 +648,19 @@ def load_model(arch: str, snapshot: str | None, *, dataset: str | None = None, n
     ckpt = read_checkpoint(snapshot) if snapshot else None
     info = info_for_checkpoint(ckpt, dataset, num_classes)
     model_kwargs.setdefault("trunk_weights", None)
+    model_kwargs.setdefault("in_channels", info.in_channels)
     model = build_model(arch, info.num_classes, ckpt, **model_kwargs)
     if ckpt is None:
         print("predict: no --snapshot: the model has random weights (demo/benchmark only)", file=sys.stderr)
     return model, info
+
+
+def with_data_defaults(opts: PredictOptions, info: DatasetInfo) -> PredictOptions:
+    """Raster bands and their normalisation from the checkpoint's data, unless given on the command line."""
+    if info.bands is None:
+        return opts
+    stats = {} if opts.band_mean or opts.band_std else {"band_mean": info.mean, "band_std": info.std}
+    return replace(opts, bands=opts.bands or info.bands, **stats)
 
 
 def _on_sigterm(signum: int, _frame: object) -> None:
@@ -663,6 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         model, info = load_model(args.arch, args.snapshot, dataset=args.dataset, num_classes=args.num_classes)
+        opts = with_data_defaults(opts, info)
         summary = predict_folder(model.to(device), opts, palette=info.palette, class_names=info.class_names,
                                  device=device)
     except (PredictError, FolderError, GeoError) as e:

@@ -93,6 +93,11 @@ def _dataset_options(cfg: Config) -> dict[str, Any]:
     return opts
 
 
+def _source(cfg: Config) -> dict[str, Any]:
+    """Where a described dataset's dataset.yaml is, when not in --dataset_root."""
+    return {"config": cfg.data.dataset_config} if cfg.data.dataset_config else {}
+
+
 def build_datasets(cfg: Config, train: bool) -> tuple[Any, Any]:
     from datasets import build_dataset
     from datasets.base import check_label_sample
@@ -101,14 +106,14 @@ def build_datasets(cfg: Config, train: bool) -> tuple[Any, Any]:
     d = cfg.data
     val_split = "train" if cfg.eval.eval == "trn" else "val"
     val_ds = build_dataset(d.dataset, root=d.dataset_root, split=val_split, cv=d.cv,
-                           transform=build_eval_transform(pre_size=d.pre_size))
+                           transform=build_eval_transform(pre_size=d.pre_size), **_source(cfg))
     check_label_sample(val_ds)  # labels of another dataset would train and score as nothing
     if not train:
         return None, val_ds
     tf = build_train_transform(d.crop_size, d.scale_min, d.scale_max, ignore_index=val_ds.ignore_index,
                                color_aug=d.color_aug, gblur=d.gblur)
     train_ds = build_dataset(d.dataset, root=d.dataset_root, split="train", cv=d.cv, transform=tf,
-                             **_dataset_options(cfg))
+                             **_dataset_options(cfg), **_source(cfg))
     check_label_sample(train_ds)
     return train_ds, val_ds
 
@@ -141,9 +146,9 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
             "align_corners": m.align_corners, "eval_scales": cfg.eval.n_scales or (m.mscale_lo_scale, 1.0)}
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
+def build_model(cfg: Config, num_classes: int, in_channels: int = 3) -> nn.Module:
     try:
-        return ckpt_io.build_model(cfg.model.arch, num_classes, **model_kwargs(cfg))
+        return ckpt_io.build_model(cfg.model.arch, num_classes, in_channels=in_channels, **model_kwargs(cfg))
     except KeyError as e:
         raise ConfigError(f"--arch: {e.args[0]}") from e
 
@@ -477,12 +482,13 @@ def main(cfg: Config) -> int:
             ckpt_io.remove_stale_temps(cfg.train.result_dir)
         precision = resolve_precision(cfg.amp_level, info.device)
         train_ds, val_ds = build_datasets(cfg, train=cfg.eval.eval is None)
-        net = build_model(cfg, val_ds.num_classes)
+        data = dataset_info(cfg.data.dataset, root=cfg.data.dataset_root, **_source(cfg))
+        net = build_model(cfg, val_ds.num_classes, data.in_channels)
         ckpt = load_weights(cfg, net, info)
         model, net = place_model(cfg, net, info, precision)
-        data = dataset_info(cfg.data.dataset, root=cfg.data.dataset_root)
         if cfg.eval.eval:  # into a training run: eval_<mode>/, the run's own files stay as training wrote them
-            cfg = replace(cfg, train=replace(cfg.train, result_dir=str(eval_output_dir(cfg.train.result_dir, cfg.eval.eval))))
+            out = eval_output_dir(cfg.train.result_dir, cfg.eval.eval)
+            cfg = replace(cfg, train=replace(cfg.train, result_dir=str(out)))
             Path(cfg.train.result_dir).mkdir(parents=True, exist_ok=True)
         run = Run(cfg, info, precision, model, net, data, val_ds=val_ds, val_loader=build_val_loader(cfg, info, val_ds),
                   logger=RunLogger(cfg.train.result_dir, info.rank, cfg.flags()))
@@ -521,6 +527,7 @@ def eval_folder(cfg: Config) -> int:
         scales=e.n_scales, flip=e.do_flip, amp=cfg.amp_level != "O0", overlay=e.dump_assets, probs=e.probs,
         arch=cfg.model.arch, snapshot=snapshot)
     try:
+        opts = predict.with_data_defaults(opts, data)
         summary = predict.predict_folder(net.to(device), opts, palette=data.palette, class_names=data.class_names,
                                          device=device)
     except (predict.PredictError, ValueError) as err:

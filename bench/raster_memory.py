@@ -49,8 +49,8 @@ def make_dataset(root: Path, size: int, bands: int) -> Path:
     from datasets.examples import write_raster_pair, yaml_classes
     from utils.io import atomic_write_text
 
-    write_raster_pair(root / "images" / "train" / "big.tif", root / "labels" / "train" / "big.tif", (size, size), bands)
-    write_raster_pair(root / "images" / "val" / "small.tif", root / "labels" / "val" / "small.tif", (256, 256), bands, 1)
+    for split, hw, seed in (("train", (size, size), 0), ("val", (256, 256), 1)):
+        write_raster_pair(root / "images" / split / "scene.tif", root / "labels" / split / "scene.tif", hw, bands, seed)
     atomic_write_text(root / "dataset.yaml", yaml_classes("ids") + "splits: {train: train, val: val}\n"
                       f"raster:\n  bands: {list(range(bands))}\n  tile: 512\n")
     return root
@@ -75,17 +75,19 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        big, small = make_dataset(Path(tmp) / "big", args.size, args.bands), make_dataset(Path(tmp) / "small", args.small, args.bands)
+        big = make_dataset(Path(tmp) / "big", args.size, args.bands)
+        small = make_dataset(Path(tmp) / "small", args.small, args.bands)
         gen = time.perf_counter() - t0
-        image = big / "images" / "train" / "big.tif"
+        image = big / "images" / "train" / "scene.tif"
         raw_mib = args.size * args.size * args.bands * 2 / 2**20
         rows.append(("read the whole raster (baseline)", *measure(["-c", _READ_ALL, str(image)], env)[:2]))
-        rows.append(("`datasets.check --write_stats` (strips)", *measure(["-m", "datasets.check", "--dataset_root", str(big),
-                                                                       "--write_stats", "--no_progress"], env)[:2]))
-        measure(["-m", "datasets.check", "--dataset_root", str(small), "--write_stats", "--no_progress"], env)
+        check = ["-m", "datasets.check", "--write_stats", "--no_progress", "--dataset_root"]
+        rows.append(("`datasets.check --write_stats` (strips)", *measure([*check, str(big)], env)[:2]))
+        measure([*check, str(small)], env)
         for name, root in ((f"{args.size}x{args.size}", big), (f"{args.small}x{args.small}", small)):
             out = Path(tmp) / f"out_{root.name}"
-            rows.append((f"train {args.iters} iterations on {name}", *measure([*train_cmd(root, out, args.iters, args.crop)], env)[:2]))
+            peak, wall, _ = measure(train_cmd(root, out, args.iters, args.crop), env)
+            rows.append((f"train {args.iters} iterations on {name}", peak, wall))
     load = os.getloadavg()
     lines = [f"A {args.size}x{args.size}x{args.bands} uint16 GeoTIFF ({raw_mib:.0f} MiB of pixels; generated in "
              f"{gen:.0f} s), `ocrnet.HRNet_w18s`, crop {args.crop}, batch 2, class-uniform 0.5, 0 loader workers, "

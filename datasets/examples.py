@@ -86,8 +86,9 @@ def write_raster_pair(image: Path, mask: Path, size: tuple[int, int], bands: int
             rng = np.random.default_rng([seed, y])
             label = scene(min(strip, h - y), w, rng)
             values = base[label] + rng.normal(0, 150, (*label.shape, bands))
-            dst.write(np.clip(values, 0, 65535).astype(np.uint16).transpose(2, 0, 1), window=Window(0, y, w, label.shape[0]))
-            dm.write(label[None], window=Window(0, y, w, label.shape[0]))
+            win = Window(0, y, w, label.shape[0])
+            dst.write(np.clip(values, 0, 65535).astype(np.uint16).transpose(2, 0, 1), window=win)
+            dm.write(label[None], window=win)
 
 
 def write_raster_dataset(root: str | os.PathLike, size: tuple[int, int] = (128, 160), bands: int = 6,

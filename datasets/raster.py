@@ -45,6 +45,7 @@ class RasterOptions:
     batch_size: int = 4
     size_divisor: int = 32
     write_probs: bool = False
+    in_channels: int = 3  # the model's input bands (N-band models: exactly N bands)
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,18 @@ class RasterOutputs:
     probs: Path | None = None
 
 
-def select_bands(count: int, bands: Sequence[int] | None) -> list[int]:
-    """Zero-based band indices to read; one band is repeated to the model's three channels."""
+def select_bands(count: int, bands: Sequence[int] | None, in_channels: int = 3) -> list[int]:
+    """Zero-based band indices to read; for an RGB model one band is repeated to its three channels."""
     if bands is None:
-        bands = [0, 1, 2] if count >= 3 else [0]
+        bands = list(range(in_channels)) if in_channels != 3 else [0, 1, 2] if count >= 3 else [0]
     bands = list(bands)
     bad = [b for b in bands if not 0 <= b < count]
     if bad:
         raise GeoError(f"--bands {bad} out of range: the raster has {count} band(s), 0..{count - 1}")
+    if in_channels != 3:
+        if len(bands) != in_channels:
+            raise GeoError(f"--bands selects {len(bands)} bands; the model takes {in_channels}")
+        return bands
     if len(bands) not in (1, 3):
         raise GeoError(f"--bands selects {len(bands)} bands; the model takes 3 (or 1, repeated)")
     return bands * 3 if len(bands) == 1 else bands
@@ -207,7 +212,7 @@ def predict_raster(src_path: str | os.PathLike, outputs: RasterOutputs, logits_f
 
     with warnings.catch_warnings(), rasterio.open(src_path) as src:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain TIFF stays a plain TIFF
-        bands = select_bands(src.count, opts.bands)
+        bands = select_bands(src.count, opts.bands, opts.in_channels)
         mean, std = _resolve_stats(src, bands, opts)
         th, tw = min(opts.tile, src.height), min(opts.tile, src.width)
         ys, xs = tile_origins(src.height, opts.tile, opts.overlap), tile_origins(src.width, opts.tile, opts.overlap)

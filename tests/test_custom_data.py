@@ -229,7 +229,8 @@ def test_predict_removes_the_temp_files_of_a_killed_run(tmp_path):
     from predict import PredictOptions, predict_folder
 
     write_raster_pair(tmp_path / "in" / "scene.tif", tmp_path / "mask.tif", (40, 48), bands=3)
-    stale = [tmp_path / "out" / "label" / ".scene.tif.k1ll3d.tmp.tif", tmp_path / "out" / "prob" / ".scene.tif.x.tmp.tif"]
+    out = tmp_path / "out"
+    stale = [out / "label" / ".scene.tif.k1ll3d.tmp.tif", out / "prob" / ".scene.tif.x.tmp.tif"]
     other = tmp_path / "out" / "label" / ".other.tif.abc.tmp.tif"  # not this run's raster: kept
     for p in [*stale, other]:
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -35,11 +35,12 @@ def folder_run(tmp_path_factory) -> tuple[Path, Path]:
     return root, rd
 
 
-def test_folder_dataset_trains_with_its_classes(folder_run, capsys):
+def test_folder_dataset_trains_with_its_classes(folder_run):
     root, rd = folder_run
     ckpt = torch.load(rd / "best.pth", map_location="cpu", weights_only=True)
     info = ckpt["dataset_info"]
-    assert [c[1] for c in info["classes"]] == NAMES and [tuple(c[2]) for c in info["classes"]] == [c for _, c in CLASSES]
+    assert [c[1] for c in info["classes"]] == NAMES
+    assert [tuple(c[2]) for c in info["classes"]] == [c for _, c in CLASSES]
     metrics = json.loads((rd / "metrics.json").read_text())
     assert list(metrics["per_class_iou"]) == NAMES
     assert (rd / "per_class_iou.csv").read_text().splitlines()[1].split(",")[0] in ("0", "background")
