@@ -42,7 +42,7 @@ class DatasetInfo:
     classes: tuple[ClassInfo, ...]
     ignore_index: int = 255
     root_env: str | None = None  # e.g. "CITYSCAPES_ROOT"
-    mean: tuple[float, ...] = IMAGENET_MEAN  # per input band, 0..1 scale
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per input band, 0..1 scale (bands set: raster units)
     std: tuple[float, ...] = IMAGENET_STD
     bands: tuple[int, ...] | None = None  # raster bands used (0-based); None = RGB
 
