@@ -16,8 +16,15 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) ImageNet-normalised float tensor -> (H, W, 3) uint8 RGB."""
-    x = image.detach().float().cpu().numpy().transpose(1, 2, 0) * STD + MEAN
+    """(3, H, W) ImageNet-normalised float tensor -> (H, W, 3) uint8 RGB.
+
+    N-band rasters (standardised per band): bands 0-2 (or band 0 in grey), -2.5..2.5 std -> 0..255.
+    """
+    x = image.detach().float().cpu().numpy().transpose(1, 2, 0)
+    if x.shape[2] != 3:
+        x = x[..., :3] if x.shape[2] >= 3 else np.repeat(x[..., :1], 3, axis=2)
+        return np.clip((x + 2.5) * (255.0 / 5.0) + 0.5, 0, 255).astype(np.uint8)
+    x = x * STD + MEAN
     return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
