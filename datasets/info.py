@@ -120,7 +120,17 @@ def dataset_info(name: str, root: str | os.PathLike | None = None, **opts: Any) 
 
 def root_env_vars() -> tuple[str, ...]:
     """Every dataset's root environment variable (what a job must inherit)."""
-    return tuple(v for v in (dataset_info(n).root_env for n in sorted(_INFOS)) if v)
+    from datasets.errors import DatasetConfigError
+
+    out = []
+    for name in sorted(_INFOS):
+        try:
+            env = dataset_info(name).root_env
+        except DatasetConfigError:  # described by a file under its root (custom): no variable
+            continue
+        if env:
+            out.append(env)
+    return tuple(out)
 
 
 def info_for_checkpoint(ckpt: Mapping[str, Any] | None, dataset: str | None = None,
