@@ -153,7 +153,7 @@ def check_label_sample(dataset: SegmentationDataset, count: int = 16) -> None:
         return
     picks = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(min(count, len(dataset)))})
     labelled = [i for i in picks if dataset.items[i].label is not None]
-    if labelled and all((dataset.load_label(i) == dataset.ignore_index).all() for i in labelled):
+    if labelled and all(np.all(dataset.load_label(i) == dataset.ignore_index) for i in labelled):
         raise DatasetError(f"the {len(labelled)} labels sampled from {dataset.name} {dataset.split!r} under "
                            f"{dataset.root} hold only the ignore label {dataset.ignore_index}: no pixel maps to "
                            f"one of its {dataset.num_classes} classes; wrong label files or the wrong --dataset?")

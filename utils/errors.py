@@ -101,9 +101,10 @@ def run_cli(prog: str, main: Callable[[], int], argv: Sequence[str] = (),
     ``extra`` adds exception types treated as user errors (e.g. sbatch's YAML errors).
     """
     debug = debug_enabled(argv)
+    user_errors: tuple[type[BaseException], ...] = (UserError, *extra)
     try:
         return main()
-    except (UserError, *extra) as e:
+    except user_errors as e:
         end_children()
         report(prog, one_line(e), e, debug)
         return EXIT_USAGE
