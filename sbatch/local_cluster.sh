@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A single-node Slurm cluster with accounting on 127.0.0.1, everything under one directory.
+# A Slurm cluster with accounting, everything under one directory: one host on 127.0.0.1, or
+# several hosts in network namespaces (HMSA_SLURM_HOSTS, below).
 #
 #   bash sbatch/local_cluster.sh start [DIR]   install-if-needed, start munge, MariaDB, slurmdbd,
 #                                              slurmctld, slurmd; wait until the node is idle
