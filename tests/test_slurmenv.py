@@ -139,3 +139,17 @@ def test_imports_without_torch_and_travels_by_value(tmp_path):
         """)], cwd=Path(tmp_path), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "r1-n1"
+
+
+def test_two_host_cluster_skips_with_the_reason(monkeypatch):
+    """No root, or no iproute2: tests/test_multinode.py skips and says why (it never half-starts)."""
+    from tests import slurm_fixtures
+
+    monkeypatch.setattr(slurm_fixtures, "missing_binaries", lambda: [])
+    monkeypatch.setattr(slurm_fixtures.os, "geteuid", lambda: 1000)
+    assert "not root" in slurm_fixtures.multi_skip_reason()
+    monkeypatch.setattr(slurm_fixtures.os, "geteuid", lambda: 0)
+    real_which = shutil.which
+    monkeypatch.setattr(slurm_fixtures.shutil, "which",
+                        lambda b, path=None: None if b == "ip" else real_which(b, path=path))
+    assert "needs ip" in slurm_fixtures.multi_skip_reason()
