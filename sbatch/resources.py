@@ -131,7 +131,9 @@ def validate(spec: FarmSpec) -> None:
     if spec.max_requeue < 0 or spec.signal_delay_s < 0 or spec.array_parallelism < 1:
         raise ResourceError("max_requeue and signal_delay_s must be >= 0, array_parallelism >= 1")
     for arg in spec.sbatch_extra:
-        parse_sbatch_arg(arg)
+        _, value = parse_sbatch_arg(arg)
+        if isinstance(value, str) and (not value or any(c.isspace() for c in value)):
+            raise ResourceError(f"sbatch_extra item {arg!r}: the value must be one word (it becomes an #SBATCH line)")
 
 
 def parse_sbatch_arg(arg: str) -> tuple[str, str | bool]:

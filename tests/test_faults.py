@@ -147,7 +147,7 @@ def sbatch_project(tmp_path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("how", ["exp_name", "tag", "runx_tag", "dotdot", "partition"])
+@pytest.mark.parametrize("how", ["exp_name", "tag", "runx_tag", "dotdot", "partition", "sbatch_extra"])
 def test_names_reaching_sbatch_directives_or_paths_are_validated(sbatch_project, how):
     """A newline in --exp_name went into '#SBATCH --job-name' (the -n script ran an injected
     command); RUNX.TAG '../x' put a run outside LOGROOT."""
@@ -166,14 +166,17 @@ def test_names_reaching_sbatch_directives_or_paths_are_validated(sbatch_project,
         hparams["RUNX.TAG"] = "../../escaped"
         args.remove("-n")
         args.append("-i")
-    else:
+    elif how == "partition":
         hparams["SUBMIT_JOB.PARTITION"] = "gpu --mem=1"
-    (sbatch_project / "exp.yml").write_text(yaml.safe_dump({"CMD": "python -c pass", "HPARAMS": hparams}))
+    experiment = {"CMD": "python -c pass", "HPARAMS": hparams}
+    if how == "sbatch_extra":
+        experiment["RESOURCES"] = {"sbatch_extra": ["--comment=a --mem=1 --nodes=9"]}
+    (sbatch_project / "exp.yml").write_text(yaml.safe_dump(experiment))
     done = _sbatch(sbatch_project, *args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     line = _one_line_error(done.stderr, "python -m sbatch")
     assert ("#SBATCH" not in done.stdout and not done.stdout.strip()), done.stdout
-    assert any(w in line for w in ("--exp_name", "--tag", "RUNX.TAG", "partition")), line
+    assert any(w in line for w in ("--exp_name", "--tag", "RUNX.TAG", "partition", "sbatch_extra")), line
     # nothing ran and nothing was created outside (or inside) LOGROOT
     subprocess.run(["sh", "-c", done.stdout], cwd=sbatch_project, check=False)
     assert not marker.exists()
