@@ -34,7 +34,8 @@ _READ_ALL = ("import sys, rasterio; src = rasterio.open(sys.argv[1]); a = src.re
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     """(peak RSS MiB, wall seconds, exit status) of ``cmd`` in a fresh process."""
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _WRAP, *cmd], cwd=REPO, env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", _WRAP, sys.executable, *cmd], cwd=REPO, env=env,
+                         capture_output=True, text=True)
     wall = time.perf_counter() - t0
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("PEAK_KIB")]
     if not line:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.base import Item, read_image
-from datasets.custom import IGNORE, LabelDecoder, find_items, rgb_code, rgb_int
+from datasets.custom import IGNORE, LabelDecoder, find_items, labelled, rgb_code, rgb_int
 from datasets.errors import DatasetError
 from datasets.spec import STATS_NAME, DatasetSpec, load_spec
 
@@ -114,7 +114,7 @@ class Checker:
 
     def _photo_chunks(self, item: Item) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         image = read_image(item.image)
-        raw = self.decoder.read_raw(item.label)
+        raw = self.decoder.read_raw(labelled(item))
         if raw.shape[:2] != image.shape[:2]:
             raise DatasetError(f"size mismatch: image is {image.shape[1]}x{image.shape[0]}, label {item.label} "
                                f"is {raw.shape[1]}x{raw.shape[0]}")
@@ -126,11 +126,13 @@ class Checker:
 
         from datasets.raster_pairs import _open, inspect_pair
 
-        pair = inspect_pair(item, self.spec.raster.bands)
-        with _open(item.image) as src, _open(item.label) as msk:
+        spec = self.spec.raster
+        assert spec is not None
+        pair = inspect_pair(item, spec.bands)
+        with _open(item.image) as src, _open(labelled(item)) as msk:
             for y in range(0, pair.height, strip):
                 win = Window(0, y, pair.width, min(strip, pair.height - y))
-                raw = src.read([b + 1 for b in self.spec.raster.bands], window=win).astype(np.float64)
+                raw = src.read([b + 1 for b in spec.bands], window=win).astype(np.float64)
                 valid = np.isfinite(raw).all(axis=0)
                 if pair.nodata is not None and not np.isnan(pair.nodata):
                     valid &= (raw != pair.nodata).all(axis=0)

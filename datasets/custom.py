@@ -121,11 +121,17 @@ def find_items(spec: DatasetSpec, split: str, labels_required: bool = True) -> l
         label = spec.root / spec.labels.format(split=folder, stem=img.stem)
         if not label.is_file():
             missing.append((img, label))
-            label = None
-        items.append(Item(img, label, img.stem))
+        items.append(Item(img, label if label.is_file() else None, img.stem))
     if missing and labels_required:
         raise missing_labels_error(missing, f"add the label files, or fix 'labels' in {spec.path}")
     return items
+
+
+def labelled(item: Item) -> Path:
+    """The label path of an item that must have one."""
+    if item.label is None:
+        raise DatasetError(f"{item.image} has no label file")
+    return item.label
 
 
 def _list_file(spec: DatasetSpec, source: str) -> list[Path]:

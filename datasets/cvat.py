@@ -28,7 +28,7 @@ def read_labelmap(path: Path) -> tuple[ClassInfo, ...]:
     """Classes in file order (CVAT writes ``background`` first); ids are the positions."""
     if not path.is_file():
         raise DatasetError(f"{path} not found: EXPORT_DIR must be an unpacked CVAT 'Segmentation mask 1.1' export")
-    classes = []
+    classes: list[ClassInfo] = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=("folder", "raster", "cvat"))
     p.add_argument("out", type=Path)
     args = p.parse_args(argv)
-    {"folder": write_folder_dataset, "raster": write_raster_dataset, "cvat": write_cvat_export}[args.kind](args.out)
+    writers: dict[str, Callable[[Path], Path]] = {"folder": write_folder_dataset, "raster": write_raster_dataset,
+                                                  "cvat": write_cvat_export}
+    writers[args.kind](args.out)
     print(f"wrote a {args.kind} example to {args.out}")
     return 0
 

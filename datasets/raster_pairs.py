@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from datasets.base import Item, unpack_key
-from datasets.custom import IGNORE, LabelDecoder, find_items
+from datasets.custom import IGNORE, LabelDecoder, find_items, labelled
 from datasets.errors import DatasetConfigError, DatasetError
 from datasets.spec import DatasetSpec, RasterSpec
 
@@ -52,7 +52,7 @@ def _open(path: Path):
 
 def inspect_pair(item: Item, bands: tuple[int, ...]) -> RasterPair:
     """Header checks of one image/mask pair: bands present, sizes equal, mask has one band."""
-    with _open(item.image) as src, _open(item.label) as msk:
+    with _open(item.image) as src, _open(labelled(item)) as msk:
         if max(bands) >= src.count:
             raise DatasetConfigError(f"field 'raster.bands' {list(bands)}: {item.image} has only "
                                      f"{src.count} band(s) (0..{src.count - 1})")
@@ -133,7 +133,7 @@ class RasterDataset(torch.utils.data.Dataset):
     @property
     def label_paths(self) -> list[Path]:
         """One per sample (cells of a raster share its mask: its centroids serve all of them)."""
-        return [self.pairs[k].item.label for k, _, _ in self.cells]
+        return [labelled(self.pairs[k].item) for k, _, _ in self.cells]
 
     @property
     def items(self) -> list[Item]:
@@ -171,7 +171,7 @@ class RasterDataset(torch.utils.data.Dataset):
         pair = self.pairs[k]
         win = Window(x0, y0, w, h)
         raw = self._handle(pair.item.image).read([b + 1 for b in self.bands], window=win)
-        mask = self.decoder.decode(self._handle(pair.item.label).read(1, window=win), pair.item.label)
+        mask = self.decoder.decode(self._handle(labelled(pair.item)).read(1, window=win), pair.item.label)
         x = raw.astype(np.float32)
         invalid = ~np.isfinite(x).all(axis=0)
         if pair.nodata is not None and not np.isnan(pair.nodata):

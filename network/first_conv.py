@@ -30,12 +30,15 @@ def set_in_channels(trunk: nn.Module, in_channels: int) -> None:
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     old = trunk.conv1
+    if not isinstance(old, nn.Conv2d):
+        raise TypeError(f"expected the trunk's first layer conv1 to be a Conv2d, got {type(old).__name__}")
     if old.in_channels == in_channels:
         return
-    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                    old.dilation, old.groups, old.bias is not None, old.padding_mode)
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,  # type: ignore[arg-type]
+                    old.dilation, old.groups, old.bias is not None)  # type: ignore[arg-type]
+    new.padding_mode = old.padding_mode
     with torch.no_grad():
         new.weight.copy_(expand_rgb_weight(old.weight, in_channels))
-        if old.bias is not None:
+        if old.bias is not None and new.bias is not None:
             new.bias.copy_(old.bias)
     trunk.conv1 = new
