@@ -355,7 +355,8 @@ RESUME_SAFE = RESUME_LENGTH | frozenset({
     "result_dir", "resume", "snapshot", "snapshot_partial", "trust_checkpoint", "assets_path", "trunk_weights",
     "trunk", "debug", "local_rank", "device", "dataset_root", "centroid_cache", "num_workers", "bs_val",
     "val_freq", "ckpt_freq", "log_freq", "eval", "eval_folder", "n_scales", "do_flip", "dump_assets",
-    "dump_all_images", "dump_num_images", "subdirs", "shard", "infer_short_side", "probs"})
+    "dump_all_images", "dump_num_images", "subdirs", "shard", "infer_short_side", "probs",
+    "dataset_config", "save_top_k", "early_stop_patience"})
 
 
 def resume_changes(saved: typing.Mapping[str, Any] | None, cfg: Config) -> list[tuple[str, Any, Any]]:
