@@ -9,14 +9,21 @@ Outputs mirror the input tree under ``--result_dir``::
     color/<rel>.png     colourised labels                    (not for rasters)
     overlay/<rel>.jpg   colours blended over the photo       (--overlay; not for rasters)
     prob/<rel>.npz      uint8 probabilities x 255, (K, H, W)  (--probs; rasters: prob/<rel>.tif)
-    failures[_shard].csv, summary[_shard].json, predict_manifest.json
+    failures.csv, summary.json          merged view over every range/shard run into this folder
+    reports/failures<part>.csv, reports/summary<part>.json   one per --subdirs range and shard
+    predict_manifest.json, .claims/     settings of the outputs; images being worked on
 
 Every file is written atomically, so an existing output is a complete one: an image
 is skipped when all its outputs exist. A Slurm job array (or ``--shard i/N``, or
-several torchrun ranks) splits the images so the tasks cover each one exactly once.
+several torchrun ranks) splits the images so the tasks cover each one exactly once;
+processes that overlap anyway (two jobs on one folder) split the work through per-image
+claim files (utils/folderjob.py). Failures are recorded as they happen; a run's status
+(complete, interrupted, crashed, disk full) and its images never started are in its report.
+``--list_missing`` lists what is still missing or failed, without a model.
 
 Exit status: 0 done; 3 more than ``--max_fail_ratio`` of the shard's images failed
-(listed in the failures CSV); 2 bad arguments; 1 anything else.
+(listed in the failures CSV); 2 bad arguments; 1 a full disk (named) or anything else;
+143 SIGTERM (the report says "interrupted"). ``--list_missing``: 0 nothing left, 1 otherwise.
 
 ``train.py --eval folder`` calls :func:`predict_folder` with its own model.
 """
@@ -24,7 +31,7 @@ Exit status: 0 done; 3 more than ``--max_fail_ratio`` of the shard's images fail
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import io
 import json
 import os
@@ -36,7 +43,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -46,7 +53,6 @@ from datasets.folder import (
     DEFAULT_MAX_PIXELS,
     RASTER_EXTENSIONS,
     FolderDataset,
-    FolderError,
     default_class_names,
     default_palette,
     discover_images,
@@ -57,7 +63,9 @@ from datasets.info import DatasetInfo, info_for_checkpoint
 from datasets.raster import GeoError
 from sbatch import slurmenv
 from utils.dist import pick_device
-from utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temps
+from utils.errors import UserError, is_disk_full, run_cli
+from utils.folderjob import Claims, Owner, PartReport, merged_failures, part_suffix, print_unwritten
+from utils.io import atomic_write_bytes, atomic_write_json, ensure_output_dir, remove_stale_temps
 
 EXIT_TOO_MANY_FAILURES = 3
 MANIFEST = "predict_manifest.json"
@@ -66,7 +74,7 @@ MANIFEST_KEYS = ("arch", "snapshot", "num_classes", "infer_short_side", "size_di
                  "flip", "bands", "band_mean", "band_std", "tile", "overlap")
 
 
-class PredictError(RuntimeError):
+class PredictError(UserError, RuntimeError):
     """A run that cannot start as asked; the message says what to change."""
 
 
@@ -97,6 +105,7 @@ class PredictOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_fail_ratio: float = 0.01
     overwrite: bool = False  # recompute everything instead of resuming
+    claim_timeout: float = 6 * 3600.0  # s: a claim from another host older than this is stale
     progress: bool = True
     arch: str | None = None  # recorded in the manifest only
     snapshot: str | None = None
@@ -120,8 +129,10 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    elsewhere: int = 0  # claimed (or finished meanwhile) by another process on the same folder
     seconds: float = 0.0
     max_fail_ratio: float = 0.01
+    status: str = "running"  # then: complete, interrupted, crashed, disk full
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -129,14 +140,29 @@ class Summary:
         return self.failed / self.total if self.total else 0.0
 
     @property
+    def not_started(self) -> int:
+        return self.total - self.done - self.skipped - self.failed - self.elsewhere
+
+    @property
     def ok(self) -> bool:
-        return self.fail_ratio <= self.max_fail_ratio
+        return self.status == "complete" and self.fail_ratio <= self.max_fail_ratio
 
     def line(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
-        return (f"shard {self.shard.index}/{self.shard.count}: {self.total} images, done {self.done}, "
-                f"skipped {self.skipped}, failed {self.failed} ({self.fail_ratio:.2%}), "
-                f"{self.seconds:.1f} s, {rate:.2f} images/s")
+        others = f", by other processes {self.elsewhere}" if self.elsewhere else ""
+        unstarted = f", NOT STARTED {self.not_started}" if self.status != "complete" else ""
+        return (f"shard {self.shard.index}/{self.shard.count} {self.status}: {self.total} images, done "
+                f"{self.done}, skipped {self.skipped}, failed {self.failed} ({self.fail_ratio:.2%}){others}"
+                f"{unstarted}, {self.seconds:.1f} s, {rate:.2f} images/s")
+
+    def record(self, owner: Owner, started: str) -> dict:
+        """This run's entry in its part's report (``reports/summary<part>.json``)."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("failures", "shard")}
+        data.update(shard=f"{self.shard.index}/{self.shard.count}", fail_ratio=self.fail_ratio, ok=self.ok,
+                    not_started=self.not_started, host=owner.host, pid=owner.pid, run_id=owner.run_id,
+                    started=started, updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    images_per_s=self.done / self.seconds if self.seconds else 0.0)
+        return data
 
 
 # ---------------------------------------------------------------- sharding
@@ -393,16 +419,18 @@ def _write_photo_outputs(paths: dict[str, Path], label: np.ndarray, prob: np.nda
 
 
 class _Run:
-    """State of one :func:`predict_folder` call: progress, failures, pending writes."""
+    """State of one :func:`predict_folder` call: progress, claims, failures, pending writes."""
 
     def __init__(self, opts: PredictOptions, summary: Summary, palette: np.ndarray,
-                 class_names: Sequence[str], total: int) -> None:
+                 class_names: Sequence[str], items: Sequence[Item], claims: Claims, report: PartReport) -> None:
         from tqdm import tqdm
 
         self.opts, self.summary = opts, summary
         self.palette, self.class_names = palette, class_names
         self.result_dir = Path(opts.result_dir)
-        self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, disable=not opts.progress,
+        self.items = {it.rel: it for it in items}
+        self.claims, self.report = claims, report
+        self.bar = tqdm(total=len(items), unit="img", dynamic_ncols=True, disable=not opts.progress,
                         desc=f"predict {summary.shard.index}/{summary.shard.count}")
         self.writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict-write")
         self.pending: deque[tuple[str, Future]] = deque()
@@ -410,11 +438,20 @@ class _Run:
     def fail(self, rel: str, reason: str) -> None:
         self.summary.failed += 1
         self.summary.failures.append((rel, reason))
+        item = self.items[rel]
+        label = expected_outputs(Path(), item, self.opts)["label"].as_posix()
+        self.report.fail(rel, reason, label)  # recorded at once: a crash later keeps it
+        self.claims.release(item.stem)
         self.bar.set_postfix(failed=self.summary.failed, refresh=False)
         self.bar.update(1)
 
-    def succeed(self) -> None:
+    def succeed(self, rel: str) -> None:
         self.summary.done += 1
+        self.claims.release(self.items[rel].stem)
+        self.bar.update(1)
+
+    def elsewhere(self) -> None:
+        self.summary.elsewhere += 1
         self.bar.update(1)
 
     def submit_write(self, rel: str, fn, *args) -> None:
@@ -427,15 +464,21 @@ class _Run:
         try:
             fut.result()
         except (OSError, ValueError) as e:
+            if is_disk_full(e):
+                raise  # every later image would fail too: stop, name it (utils/errors.py), keep the reports
             self.fail(rel, f"write failed: {e}")
         else:
-            self.succeed()
+            self.succeed(rel)
 
     def close(self) -> None:
-        while self.pending:
-            self._collect_one()
-        self.writer.shutdown(wait=True)
-        self.bar.close()
+        try:
+            while self.pending:
+                self._collect_one()
+        finally:
+            self.writer.shutdown(wait=True)
+            self.bar.close()
+            self.claims.release_all()
+
 
 
 def _worker_init(_: int) -> None:
@@ -454,6 +497,9 @@ def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions) -> Iterat
                         prefetch_factor=max(4, 2 * opts.batch_size // max(1, opts.workers)) if opts.workers else None)
     buckets = SizeBuckets(opts.batch_size)
     for sample in loader:
+        if sample.get("elsewhere"):
+            run.elsewhere()
+            continue
         if sample["error"]:
             run.fail(sample["name"], sample["error"])
             continue
@@ -467,7 +513,8 @@ def _run_photos(items: list[Item], logits_fn, run: _Run, opts: PredictOptions) -
     ds = FolderDataset(opts.eval_folder, files=[it.rel for it in items], short_side=opts.infer_short_side,
                        size_divisor=opts.size_divisor, max_pixels=opts.max_pixels,
                        keep_original=opts.overlay)
-    for batch in _photo_batches(ds, run, opts):
+    outputs = [_recheck(run.result_dir, it, opts) for it in items]
+    for batch in _photo_batches(_ClaimingDataset(ds, [it.stem for it in items], outputs, run.claims), run, opts):
         for sample, result in _infer_with_oom_fallback(logits_fn, batch, opts.probs, run):
             item = items[sample["index"]]
             label, prob = _resize_back(*result, sample["size"])
@@ -493,8 +540,41 @@ def _infer_with_oom_fallback(logits_fn, batch: list[dict], want_probs: bool, run
     return out
 
 
+class _ClaimingDataset(torch.utils.data.Dataset):
+    """Claims each image before decoding it (in the DataLoader worker), so processes split the work."""
+
+    def __init__(self, ds: FolderDataset, stems: Sequence[str], outputs: Sequence[tuple[Path, ...]],
+                 claims: Claims) -> None:
+        self.ds, self.stems, self.outputs, self.claims = ds, stems, outputs, claims
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict:
+        if not _claim_open(self.claims, self.stems[index], self.outputs[index]):
+            return {"name": self.ds.files[index], "index": index, "error": "", "elsewhere": True}
+        return self.ds[index]
+
+
+def _recheck(result_dir: Path, item: Item, opts: PredictOptions) -> tuple[Path, ...]:
+    """The outputs whose presence, once claimed, means another process finished the image (none with --overwrite)."""
+    return () if opts.overwrite else tuple(expected_outputs(result_dir, item, opts).values())
+
+
+def _claim_open(claims: Claims, stem: str, outputs: Sequence[Path]) -> bool:
+    """Claim ``stem`` unless another process holds it or has finished it since this run's plan."""
+    if not claims.claim(stem):
+        return False
+    if outputs and all(p.exists() for p in outputs):
+        claims.release(stem)
+        return False
+    return True
+
+
 def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, num_classes: int,
                  in_channels: int = 3) -> None:
+    if not items:  # rasterio is the optional `geo` extra: needed only when there are rasters
+        return
     from rasterio.errors import RasterioError
 
     from datasets.raster import RasterOptions, RasterOutputs, predict_raster
@@ -504,15 +584,20 @@ def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, 
                           size_divisor=opts.size_divisor, write_probs=opts.probs, in_channels=in_channels)
     for item in items:
         paths = expected_outputs(run.result_dir, item, opts)
-        for path in paths.values():  # a killed run's .<name>.*.tmp.tif; this shard owns the item
+        if not _claim_open(run.claims, item.stem, _recheck(run.result_dir, item, opts)):
+            run.elsewhere()
+            continue
+        for path in paths.values():  # a killed run's .<name>.*.tmp.tif; the claim makes the item ours
             remove_stale_temps(path)
         try:
             predict_raster(Path(opts.eval_folder) / item.rel, RasterOutputs(paths["label"], paths.get("prob")),
                            logits_fn, num_classes, run.palette, ropts, run.class_names)
         except (GeoError, RasterioError, OSError, ValueError, torch.cuda.OutOfMemoryError) as e:
+            if is_disk_full(e):
+                raise
             run.fail(item.rel, f"raster: {e}")  # unreadable/corrupt file, or bands it does not have
         else:
-            run.succeed()
+            run.succeed(item.rel)
 
 
 def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarray | None = None,
@@ -535,39 +620,62 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
     shard_ = shard_ or resolve_shard(opts.shard)
     if opts.arch is None:
         opts = replace(opts, arch=getattr(model, "arch", type(model).__name__))
-    Path(opts.result_dir).mkdir(parents=True, exist_ok=True)
-    items, skipped = plan(opts, shard_)  # discovery first: a wrong folder writes nothing
-    check_manifest(opts, num_classes)
+    created = ensure_output_dir(opts.result_dir)
+    try:
+        items, skipped = plan(opts, shard_)
+        check_manifest(opts, num_classes)
+    except BaseException:
+        if created:  # a run that cannot start leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                Path(opts.result_dir).rmdir()
+        raise
     summary = Summary(shard_, total=len(items) + skipped, skipped=skipped, max_fail_ratio=opts.max_fail_ratio)
     print(f"predict: shard {shard_.index}/{shard_.count} ({shard_.source}): {summary.total} images, "
           f"{skipped} already complete, {len(items)} to do", file=sys.stderr)
     model.eval()
     logits_fn = _logits_fn(model, device, opts)
-    run = _Run(opts, summary, palette, class_names, len(items))
+    owner, started = Owner.this_process(), time.strftime("%Y-%m-%dT%H:%M:%S")
+    report = PartReport(opts.result_dir, part_suffix(opts.subdirs, shard_.suffix), owner,
+                        lambda: summary.record(owner, started))
+    run = _Run(opts, summary, palette, class_names, items, Claims(opts.result_dir, owner, opts.claim_timeout),
+               report)
     start = time.perf_counter()
     try:
+        report.write()  # "running": a run killed with SIGKILL is not mistaken for a finished one
         _run_photos([it for it in items if not it.raster], logits_fn, run, opts)
         _run_rasters([it for it in items if it.raster], logits_fn, run, opts, num_classes,
                      int(getattr(model, "in_channels", 3)))
-    finally:
         run.close()
+        summary.status = "complete"
+    except BaseException as e:
+        summary.status = _status_of(e)
+        with contextlib.suppress(Exception):
+            run.close()
+        raise
+    finally:
         summary.seconds = time.perf_counter() - start
-        write_reports(summary, Path(opts.result_dir))
+        _final_report(report, summary)
         print(f"predict: {summary.line()}", file=sys.stderr)
     return summary
 
 
-def write_reports(summary: Summary, result_dir: Path) -> None:
-    """``failures<suffix>.csv`` (path, reason) and ``summary<suffix>.json`` for this shard."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "reason"])
-    writer.writerows(summary.failures)
-    atomic_write_text(result_dir / f"failures{summary.shard.suffix}.csv", buf.getvalue())
-    data = {k: v for k, v in asdict(summary).items() if k != "failures"}
-    data.update(fail_ratio=summary.fail_ratio, ok=summary.ok,
-                images_per_s=summary.done / summary.seconds if summary.seconds else 0.0)
-    atomic_write_json(result_dir / f"summary{summary.shard.suffix}.json", data)
+def _status_of(err: BaseException) -> str:
+    if is_disk_full(err):
+        return "disk full"
+    return "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "crashed"
+
+
+def _final_report(report: PartReport, summary: Summary) -> None:
+    """Write the part's report and the merged view; on a full disk say so and print the failures."""
+    try:
+        report.write(final=True)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        print(f"predict: disk full (ENOSPC): the reports under {report.result_dir} are from before the "
+              "disk filled; this run's failures follow", file=sys.stderr)
+        print_unwritten(summary.failures, sys.stderr)
+
 
 
 # ---------------------------------------------------------------- command line
@@ -590,7 +698,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     a = p.add_argument
-    a("--arch", required=True, help="registered model name, e.g. ocrnet.HRNet_Mscale")
+    a("--arch", default=None, help="registered model name, e.g. ocrnet.HRNet_Mscale (required)")
     a("--snapshot", default=None, help="checkpoint (project or reference .pth); omit for random weights")
     a("--eval_folder", required=True, help="folder of images/rasters, searched recursively")
     a("--result_dir", required=True, help="output folder (runx passes LOGDIR)")
@@ -620,6 +728,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
     a("--max_fail_ratio", type=float, default=0.01)
     a("--overwrite", action="store_true")
+    a("--list_missing", action="store_true",
+      help="print the images still missing or failed (status, path, reason) and exit; loads no model")
+    a("--claim_timeout", type=float, default=6 * 3600.0,
+      help="seconds after which a claim held by a process on another host counts as abandoned")
     a("--no_progress", action="store_true")
     a("--device", default=None, help="default: cuda if available, else cpu")
     return p
@@ -633,7 +745,7 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
         color=not args.no_color, overlay=args.overlay, probs=args.probs, geotiff=not args.no_geotiff,
         bands=args.bands, band_mean=args.band_mean, band_std=args.band_std, tile=args.tile,
         overlap=args.overlap, max_pixels=args.max_pixels, max_fail_ratio=args.max_fail_ratio,
-        overwrite=args.overwrite, progress=not args.no_progress, arch=args.arch,
+        overwrite=args.overwrite, claim_timeout=args.claim_timeout, progress=not args.no_progress, arch=args.arch,
         snapshot=str(Path(args.snapshot).resolve()) if args.snapshot else None)
 
 
@@ -667,22 +779,56 @@ def _on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through `finally`: reports are written, writes finish
 
 
+def list_missing(opts: PredictOptions, out: TextIO | None = None) -> int:
+    """``--list_missing``: this shard's images without complete outputs, with the recorded reason.
+
+    One tab-separated line each: ``failed PATH REASON``, ``claimed PATH HOST:PID`` (another
+    process holds it) or ``missing PATH``. Reads the folder and the reports only; exit 0 when
+    nothing is left, 1 otherwise.
+    """
+    out = out or sys.stdout
+    shard_ = resolve_shard(opts.shard)
+    todo, skipped = plan(replace(opts, overwrite=False), shard_)
+    failures = merged_failures(opts.result_dir)
+    claims = Claims(opts.result_dir, Owner.this_process(), opts.claim_timeout)
+    counts = {"failed": 0, "claimed": 0, "missing": 0}
+    for item in todo:
+        held = claims.holder(item.stem)
+        if item.rel in failures:
+            status, detail = "failed", failures[item.rel].reason
+        elif held:
+            status, detail = "claimed", f"{held.get('host')}:{held.get('pid')}"
+        else:
+            status, detail = "missing", ""
+        counts[status] += 1
+        print("\t".join([status, item.rel, detail]).rstrip("\t"), file=out)
+    print(f"predict: {len(todo) + skipped} images, {skipped} complete, "
+          + ", ".join(f"{v} {k}" for k, v in counts.items()), file=sys.stderr)
+    return 1 if todo else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status per utils/errors.py: user errors one line + 2, a full disk named + 1, 3 too many failures."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_cli("predict.py", lambda: _main(argv), argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     opts = options_from_args(args)
+    if args.list_missing:
+        return list_missing(opts)
+    if not args.arch:
+        raise PredictError("--arch is required (only --list_missing runs without a model)")
     device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
     signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        model, info = load_model(args.arch, args.snapshot, dataset=args.dataset, num_classes=args.num_classes)
-        opts = with_data_defaults(opts, info)
-        summary = predict_folder(model.to(device), opts, palette=info.palette, class_names=info.class_names,
-                                 device=device)
-    except (PredictError, FolderError, GeoError) as e:
-        print(f"predict: error: {e}", file=sys.stderr)
-        return 2
+    model, info = load_model(args.arch, args.snapshot, dataset=args.dataset, num_classes=args.num_classes)
+    opts = with_data_defaults(opts, info)
+    summary = predict_folder(model.to(device), opts, palette=info.palette, class_names=info.class_names,
+                             device=device)
     if not summary.ok:
         print(f"predict: {summary.failed} of {summary.total} images failed ({summary.fail_ratio:.2%} > "
-              f"--max_fail_ratio {opts.max_fail_ratio:.2%}); see failures{summary.shard.suffix}.csv",
+              f"--max_fail_ratio {opts.max_fail_ratio:.2%}); see {opts.result_dir}/failures.csv",
               file=sys.stderr)
         return EXIT_TOO_MANY_FAILURES
     return 0

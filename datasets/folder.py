@@ -86,9 +86,13 @@ def discover_images(root: str | os.PathLike, subdirs: str | None = None,
     exts = tuple(e.lower() for e in extensions)
     selection = parse_subdirs(subdirs)
     found: list[str] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of every directory walked
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         rel_dir = Path(dirpath).relative_to(root)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if not _first_visit(dirpath, seen):  # a symlink loop, or a second link to one directory
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # the same walk on every host
         if selection is not None and rel_dir == Path("."):
             dirnames[:] = [d for d in dirnames if _subdir_selected(d, selection)]
             continue
@@ -100,6 +104,19 @@ def discover_images(root: str | os.PathLike, subdirs: str | None = None,
         where = f" in subdirectories {subdirs!r}" if subdirs else ""
         raise FolderError(f"no images ({', '.join(exts)}) found under {str(root)!r}{where}")
     return found
+
+
+def _first_visit(dirpath: str, seen: set[tuple[int, int]]) -> bool:
+    """True the first time a real directory is reached, however many symlinks lead to it."""
+    try:
+        st = os.stat(dirpath)
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 def shard(items: Sequence[str], index: int, count: int) -> list[str]:
@@ -159,18 +176,45 @@ def read_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
                 if width * height > max_pixels:
                     raise ImageLoadError(f"too large: {width}x{height} pixels > --max_pixels {max_pixels}")
                 img.load()
-                rgb = np.array(img.convert("RGB"))  # a writable copy
+                rgb = _to_rgb8(img)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
         raise ImageLoadError(f"too large: {e}") from e
     except UnidentifiedImageError as e:
         raise ImageLoadError("unreadable: not a recognised image format") from e
+    except FileNotFoundError as e:
+        raise ImageLoadError(_missing_reason(Path(path))) from e
     except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation/corruption as these
         raise ImageLoadError(f"corrupt: {e}") from e
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageLoadError(f"unreadable: decoded to shape {rgb.shape}")
     return rgb
+
+
+def _missing_reason(path: Path) -> str:
+    if path.is_symlink():
+        return f"dangling symlink: {path.name} points to {os.readlink(path)}, which does not exist"
+    return "missing: the file was removed after the folder was listed"
+
+
+# 16-bit grey (PNG/TIFF). PIL's own convert("RGB") clips these at 255: 99% of a photo turned white.
+_GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb8(img) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB; 16-bit images are scaled from 0..65535 (PIL scales 16-bit RGB itself)."""
+    if img.mode in _GREY16_MODES:
+        grey = np.asarray(img)
+        if grey.size and (int(grey.min()) < 0 or int(grey.max()) > 65535):
+            raise ImageLoadError(f"unsupported: {img.mode} image with values outside 0..65535; "
+                                 "convert it to 8 or 16 bits per channel")
+        grey8 = ((grey.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey8[..., None], 3, axis=2)
+    if img.mode == "F":
+        raise ImageLoadError("unsupported: 32-bit float image; convert it to 8 or 16 bits per channel "
+                             "(or read it as a GeoTIFF raster, which standardises its own range)")
+    return np.array(img.convert("RGB"))  # a writable copy
 
 
 def to_model_input(rgb: np.ndarray, size: tuple[int, int], mean: Sequence[float] = IMAGENET_MEAN,

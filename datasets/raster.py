@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.errors import UserError
 from utils.io import atomic_path
 
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
@@ -31,7 +32,7 @@ LABEL_NODATA = 255
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class GeoError(ValueError):
+class GeoError(UserError, ValueError):
     """A raster or raster option that cannot be used; the message names the fix."""
 
 

@@ -13,6 +13,10 @@ What runx does (and this module reproduces, tested against runx's own ``-n`` out
 - Run directory: ``LOGROOT/EXP/[tag_]coolname_YYYY.MM.DD_HH.MM``; with ``no_cooldir`` only
   ``tag_``.
 
+One addition runx does not have: ``subdirs: 939-986`` with ``subdirs_chunk: 15`` becomes one run
+per chunk of 15 subdirectories (``--subdirs 939-953``, ``954-968``, ``969-983``, ``984-986``), so
+a division of a folder tree is one array task per chunk without typing every range.
+
 Differences, on purpose: values become argv items (never pasted into a shell), and a tag set
 by one run's ``RUNX.TAG`` does not leak into the following runs as it does in runx.
 """
@@ -96,6 +100,50 @@ def cross_product(hparams: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
 
 
+CHUNK_KEY = "subdirs_chunk"
+
+
+def subdir_chunks(spec: str, size: int) -> list[str]:
+    """``"939-986"``, 15 -> ``["939-953", "954-968", "969-983", "984-986"]`` (names count as one each)."""
+    items: list[int | str] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m and int(m.group(1)) > int(m.group(2)):
+            raise ExperimentError(f"subdirs range {part!r} is empty: write it low-high")
+        items += list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else [int(part) if part.isdigit() else part]
+    if not items:
+        raise ExperimentError(f"subdirs {spec!r} selects nothing to split by {CHUNK_KEY}")
+    return [_compress(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _compress(items: Sequence[int | str]) -> str:
+    """Consecutive numbers back into ``lo-hi`` ranges: ``[1, 2, 3, 7, "x"]`` -> ``"1-3,7,x"``."""
+    out: list[str] = []
+    run: list[int] = []
+    for item in [*items, None]:
+        if isinstance(item, int) and run and item == run[-1] + 1:
+            run.append(item)
+            continue
+        if run:
+            out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [item] if isinstance(item, int) else []
+        if isinstance(item, str):
+            out.append(item)
+    return ",".join(out)
+
+
+def chunk_runs(hparams: dict[str, Any]) -> list[dict[str, Any]]:
+    """One hparam set per chunk when ``subdirs_chunk`` is given (the key itself is not a flag)."""
+    if CHUNK_KEY not in hparams:
+        return [hparams]
+    size, spec = hparams.pop(CHUNK_KEY), hparams.get("subdirs")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ExperimentError(f"{CHUNK_KEY} must be a positive integer (subdirectories per run), got {size!r}")
+    if not isinstance(spec, (str, int)) or spec in ("", "None"):
+        raise ExperimentError(f"{CHUNK_KEY} needs a subdirs range to split, e.g. subdirs: 939-986")
+    return [{**hparams, "subdirs": chunk} for chunk in subdir_chunks(str(spec), size)]
+
+
 def substitute_tag(tag: str, hparams: Mapping[str, Any]) -> str:
     for key, value in hparams.items():
         tag = tag.replace("{" + str(key) + "}", str(value))
@@ -163,7 +211,7 @@ def expand_experiment(
     env, cmd = split_cmd(str(experiment["CMD"]))
     runs: list[Run] = []
     for hset in hparam_sets(experiment["HPARAMS"]):
-        for hparams in cross_product(hset):
+        for hparams in (c for h in cross_product(hset) for c in chunk_runs(h)):
             if hparams.get("RUNX.SKIP"):
                 continue
             run_tag = tag

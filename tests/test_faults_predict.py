@@ -1,0 +1,390 @@
+"""Issue 10, predict.py's faults: each test reproduces a reported failure of folder inference.
+
+Symlink loops, 16-bit photos, a full disk, ranges sharing a result folder, SIGTERM, listing
+what is missing, two processes on one folder, rasterio not installed, dangling symlinks.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import predict
+from datasets.folder import FolderDataset, FolderError, discover_images, read_rgb
+from predict import predict_folder
+from tests.test_predict import CountingSeg, labels, make_tree, opts_for
+from utils.errors import UserError
+from utils.folderjob import Claims, Owner, part_suffix
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def rows(path: Path) -> dict[str, str]:
+    """``path -> reason`` of a failures CSV."""
+    with open(path, newline="") as f:
+        return {r["path"]: r["reason"] for r in csv.DictReader(f)}
+
+
+def child_env() -> dict[str, str]:
+    """The caller's environment without Slurm/torchrun variables that would shard the child's work."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "HMSA_"))
+           and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+# ---------------------------------------------------------------- 3: symlink loops
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loops", [1, 2])
+def test_symlink_loops_visit_each_real_directory_once(tmp_path: Path, loops: int) -> None:
+    rels = make_tree(tmp_path, per_dir=3, dirs=("a", "b", "c"))
+    (tmp_path / "a" / "self").symlink_to("..")  # a -> root -> a -> ...
+    if loops == 2:
+        (tmp_path / "c" / "me").symlink_to(".")  # c -> c -> ...
+        (tmp_path / "b" / "alias").symlink_to("../a")  # not a loop: a second way into a
+    found = discover_images(tmp_path)
+    assert len(found) == len(rels) == 9  # before: each file once per path through the loops
+    assert len({os.path.realpath(tmp_path / f) for f in found}) == len(found)
+    assert found == discover_images(tmp_path)  # the same order on every host and call
+
+
+# ---------------------------------------------------------------- 7: 16-bit photos
+
+
+def test_16bit_grey_photo_is_scaled_not_clipped(tmp_path: Path) -> None:
+    grey = np.tile(np.linspace(0, 65535, 64), (48, 1)).astype(np.uint16)
+    assert cv2.imwrite(str(tmp_path / "g16.png"), grey)
+    rgb = read_rgb(tmp_path / "g16.png")
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+    expected = np.round(grey / 257.0)
+    assert np.abs(rgb[..., 0].astype(int) - expected).max() <= 1  # before: 99% of pixels were 255
+    assert (rgb == 255).mean() < 0.05
+
+
+def test_16bit_rgb_photo_keeps_its_range_and_float_tiff_is_refused(tmp_path: Path) -> None:
+    grad = np.tile(np.linspace(0, 60000, 64), (32, 1))
+    bgr = np.dstack([grad, grad / 2, grad / 4]).astype(np.uint16)
+    assert cv2.imwrite(str(tmp_path / "c16.png"), bgr)
+    rgb = read_rgb(tmp_path / "c16.png")
+    assert np.abs(rgb[..., 2].astype(int) - np.round(bgr[..., 0] / 257.0)).max() <= 1
+    assert cv2.imwrite(str(tmp_path / "f32.tif"), np.ones((8, 8), np.float32))
+    record = FolderDataset(tmp_path, files=["f32.tif"])[0]
+    assert record["error"].startswith("unsupported: 32-bit float")  # a reason, not a grey image
+
+
+# ---------------------------------------------------------------- 10: disk full
+
+
+def test_disk_full_keeps_the_failures_recorded_before_and_says_enospc(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # A MOCK of a full disk (a real one cannot be filled safely in a test): once the first
+    # output image is written, every further write raises ENOSPC as the kernel would.
+    import utils.io
+
+    make_tree(tmp_path / "in", per_dir=3, dirs=("a",))
+    (tmp_path / "in" / "a" / "0bad.jpg").write_bytes(b"not a jpeg")  # sorted first: fails first
+    real_write = utils.io.atomic_write_bytes
+    state = {"full": False}
+
+    def write(dest, data: bytes) -> None:
+        if state["full"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+        real_write(dest, data)
+        state["full"] = "/color/" in Path(dest).as_posix()
+
+    monkeypatch.setattr(utils.io, "atomic_write_bytes", write)
+    out = tmp_path / "out"
+    with pytest.raises(OSError) as raised:
+        predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, batch_size=1))
+    assert raised.value.errno == errno.ENOSPC  # the run stops: every later image would fail too
+    err = capsys.readouterr().err
+    assert "disk full (ENOSPC)" in err and "Traceback" not in err
+    assert "a/0bad.jpg" in err  # the failures also go to the log when no report can be written
+    # before: every image was attempted, then writing failures.csv raised and no report existed
+    assert list(rows(out / "reports" / "failures.csv")) == ["a/0bad.jpg"]
+    assert list(rows(out / "failures.csv")) == ["a/0bad.jpg"]
+
+
+def test_disk_full_exits_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture) -> None:
+    # MOCK again: the model is built, then predict_folder meets a full disk.
+    make_tree(tmp_path / "in", per_dir=1, dirs=("a",))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "label" / "x.png"))
+
+    monkeypatch.setattr(predict, "predict_folder", full)
+    code = predict.main(["--arch", "ocrnet.HRNet_w18s", "--eval_folder", str(tmp_path / "in"),
+                         "--result_dir", str(tmp_path / "out"), "--no_progress", "--workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("predict.py: error: disk full (ENOSPC) writing")
+    assert "free space" in err[-1]
+
+
+# ---------------------------------------------------------------- 12: ranges into one folder
+
+
+def test_ranges_keep_their_own_reports_and_a_merged_view(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in", per_dir=2, dirs=("939", "940"))
+    (tmp_path / "in" / "939" / "bad.jpg").write_bytes(b"x")
+    (tmp_path / "in" / "940" / "bad.jpg").write_bytes(b"y")
+    out = tmp_path / "out"
+    for subdirs in ("939", "940"):
+        predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, subdirs=subdirs, max_fail_ratio=0.5))
+    # before: the second range's failures.csv replaced the first's
+    assert set(rows(out / "failures.csv")) == {"939/bad.jpg", "940/bad.jpg"}
+    assert set(rows(out / "reports" / "failures_subdirs939.csv")) == {"939/bad.jpg"}
+    assert set(rows(out / "reports" / "failures_subdirs940.csv")) == {"940/bad.jpg"}
+    merged = json.loads((out / "summary.json").read_text())
+    assert set(merged["parts"]) == {"_subdirs939", "_subdirs940"} and merged["ok"] is True
+    assert merged["failed"] == 2
+    # a failure fixed by a later run leaves both views
+    cv2.imwrite(str(tmp_path / "in" / "939" / "bad.jpg"), np.zeros((40, 40, 3), np.uint8))
+    predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, subdirs="939", max_fail_ratio=0.5))
+    assert set(rows(out / "failures.csv")) == {"940/bad.jpg"}
+    assert set(rows(out / "reports" / "failures_subdirs939.csv")) == set()
+
+
+def test_part_names() -> None:
+    assert part_suffix(None, "") == ""
+    assert part_suffix("939-986", "_shard0001of0004") == "_subdirs939-986_shard0001of0004"
+    assert part_suffix("a b/../c", "") == "_subdirsa+b+..+c"  # no path separators
+    assert len(part_suffix(",".join(str(i) for i in range(100)), "")) < 80
+
+
+# ---------------------------------------------------------------- 13: SIGTERM
+
+
+class SignalledSeg(CountingSeg):
+    """Receives a real SIGTERM after its second batch, as a preempted Slurm job does."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.seen >= 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(x)
+
+
+def test_sigterm_records_an_interrupted_run_not_ok(tmp_path: Path) -> None:
+    rels = make_tree(tmp_path / "in", per_dir=4, dirs=("a", "b"))
+    out = tmp_path / "out"
+    previous = signal.signal(signal.SIGTERM, predict._on_sigterm)  # what main() installs
+    try:
+        with pytest.raises(SystemExit):
+            predict_folder(SignalledSeg(), opts_for(tmp_path / "in", out, batch_size=2))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    run = json.loads((out / "reports" / "summary.json").read_text())["runs"][-1]
+    assert run["status"] == "interrupted" and run["ok"] is False  # before: "ok": true
+    assert run["not_started"] == len(rels) - run["done"] - run["failed"] > 0
+    merged = json.loads((out / "summary.json").read_text())
+    assert merged["ok"] is False and merged["parts_not_ok"] == ["(all)"]
+    assert not list((out / ".claims").glob("*.claim"))  # its claims are released on the way out
+    s = predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, batch_size=2))
+    assert s.ok and s.done + s.skipped == len(rels)
+    assert json.loads((out / "summary.json").read_text())["ok"] is True
+
+
+# ---------------------------------------------------------------- 14: --list_missing
+
+
+def test_list_missing_reads_folder_and_reports_without_a_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    make_tree(tmp_path / "in", per_dir=2, dirs=("a", "b"))
+    (tmp_path / "in" / "a" / "bad.jpg").write_bytes(b"x")
+    out = tmp_path / "out"
+    predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, subdirs="a", max_fail_ratio=1.0))
+    (out / "label" / "a" / "img0.png").unlink()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("--list_missing must not build or load a model")
+
+    monkeypatch.setattr(predict, "load_model", no_model)
+    code = predict.main(["--list_missing", "--eval_folder", str(tmp_path / "in"), "--result_dir", str(out)])
+    listed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert code == 1
+    assert listed == [["failed", "a/bad.jpg", "unreadable: not a recognised image format"],
+                      ["missing", "a/img0.jpg"], ["missing", "b/img0.jpg"], ["missing", "b/img1.png"]]
+    code = predict.main(["--list_missing", "--eval_folder", str(tmp_path / "in"), "--result_dir", str(out),
+                         "--subdirs", "b", "--shard", "1/2"])
+    assert code == 1 and capsys.readouterr().out.splitlines() == ["missing\tb/img1.png"]
+
+
+# ---------------------------------------------------------------- 15: two processes, one folder
+
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    import torch
+    from predict import PredictOptions, predict_folder
+    from tests.test_predict import CountingSeg
+
+    class SlowSeg(CountingSeg):
+        def forward(self, x):
+            time.sleep(0.05 * x.shape[0])  # long enough for the two processes to overlap
+            return super().forward(x)
+
+    src, out, me, other = sys.argv[1:5]
+    Path(me).touch()
+    while not Path(other).exists():  # start together
+        time.sleep(0.01)
+    opts = PredictOptions(eval_folder=src, result_dir=out, infer_short_side=32, size_divisor=8,
+                          batch_size=1, workers=int(sys.argv[5]), progress=False)
+    model = SlowSeg()
+    s = predict_folder(model, opts)
+    print(json.dumps({"done": s.done, "elsewhere": s.elsewhere, "seen": model.seen, "ok": s.ok}))
+""")
+
+
+@pytest.mark.timeout(180)
+def test_two_processes_on_one_folder_split_the_work(tmp_path: Path) -> None:
+    rels = make_tree(tmp_path / "in", per_dir=10, dirs=("a", "b", "c"))
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "in"), str(out),
+                               str(tmp_path / f"ready{i}"), str(tmp_path / f"ready{1 - i}"), str(i)],
+                              cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in (0, 1)]
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=170)
+        assert p.returncode == 0, stderr
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    # before: each process segmented all 30 images
+    assert sum(r["seen"] for r in results) == len(rels)
+    assert sum(r["done"] for r in results) == len(rels)
+    assert all(r["done"] > 0 and r["ok"] for r in results), results
+    assert labels(out) == sorted(f.rsplit(".", 1)[0] + ".png" for f in rels)
+    assert not list((out / ".claims").iterdir())
+    part = json.loads((out / "reports" / "summary.json").read_text())
+    assert len(part["runs"]) == 2 and json.loads((out / "summary.json").read_text())["ok"]
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_claims_are_taken_over_and_live_ones_respected(tmp_path: Path) -> None:
+    rels = make_tree(tmp_path / "in", per_dir=3, dirs=("a",))
+    out = tmp_path / "out"
+    stems = [r.rsplit(".", 1)[0] for r in rels]
+    dead = Claims(out, Owner(Owner.this_process().host, dead_pid(), "old-run"), 3600)
+    assert dead.claim(stems[0])  # a killed process on this host
+    far = Claims(out, Owner("other-host.example", 1, "far-run"), 3600)
+    assert far.claim(stems[1]) and far.claim(stems[2])  # another host, recently
+    old = far.path(stems[2])
+    os.utime(old, (old.stat().st_atime - 7200, old.stat().st_mtime - 7200))  # ... two hours ago
+    s = predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, claim_timeout=3600))
+    assert (s.done, s.elsewhere) == (2, 1)  # the fresh claim of the other host is left alone
+    assert far.path(stems[1]).exists() and not far.path(stems[0]).exists()
+    assert s.status == "complete" and s.not_started == 0
+
+
+# ---------------------------------------------------------------- 17: no rasterio
+
+
+@pytest.mark.timeout(120)
+def test_photos_need_no_rasterio(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in", per_dir=1, dirs=("a",))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["rasterio"] = None  # as on a machine without the `geo` extra: import fails
+        import predict
+        sys.exit(predict.main(["--arch", "ocrnet.HRNet_w18s", "--eval_folder", {str(tmp_path / 'in')!r},
+                               "--result_dir", {str(tmp_path / 'out')!r}, "--infer_short_side", "32",
+                               "--workers", "0", "--no_progress"]))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True,
+                       text=True, timeout=110)
+    assert p.returncode == 0, p.stderr[-2000:]  # before: ModuleNotFoundError after every image
+    assert labels(tmp_path / "out") == ["a/img0.png"]
+
+
+# ---------------------------------------------------------------- 18: small ones
+
+
+def test_dangling_symlink_image_is_named_as_such(tmp_path: Path) -> None:
+    make_tree(tmp_path / "in", per_dir=1, dirs=("a",))
+    (tmp_path / "in" / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    s = predict_folder(CountingSeg(), opts_for(tmp_path / "in", tmp_path / "out", max_fail_ratio=1.0))
+    reason = dict(s.failures)["a/gone.jpg"]
+    assert reason.startswith("dangling symlink") and "nowhere.jpg" in reason  # before: "corrupt: ..."
+
+
+def test_failed_run_creates_no_result_dir(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FolderError):
+        predict_folder(CountingSeg(), opts_for(tmp_path / "empty", tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # before: an empty folder was left
+
+
+def test_dangling_symlink_result_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_tree(tmp_path / "in", per_dir=1, dirs=("a",))
+    (tmp_path / "out").symlink_to(tmp_path / "missing-target")
+    with pytest.raises(UserError, match="which does not exist"):
+        predict_folder(CountingSeg(), opts_for(tmp_path / "in", tmp_path / "out"))
+    code = predict.main(["--arch", "ocrnet.HRNet_w18s", "--eval_folder", str(tmp_path / "in"),
+                         "--result_dir", str(tmp_path / "out"), "--workers", "0", "--no_progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("predict.py: error: --result_dir") and "does not exist" in err[-1]
+    assert not any(line.startswith("Traceback") for line in err)
+
+
+# ---------------------------------------------------------------- 16: a range and a chunk size
+
+
+def test_subdirs_chunk_expands_to_one_run_per_chunk() -> None:
+    from datetime import datetime
+
+    from sbatch.expand import ExperimentError, expand_experiment
+
+    exp = {"CMD": "python predict.py",
+           "HPARAMS": {"arch": "ocrnet.HRNet_Mscale", "eval_folder": "/d/img", "result_dir": "/d/pred",
+                       "subdirs": "939-986", "subdirs_chunk": 15, "RUNX.TAG": "s{subdirs}"}}
+    runs = expand_experiment(exp, exp_name="div", logroot="/logs", no_cooldir=True,
+                             slug=lambda: "x", now=datetime(2026, 1, 1))
+    golden = [("s939-953_", "939-953"), ("s954-968_", "954-968"), ("s969-983_", "969-983"),
+              ("s984-986_", "984-986")]
+    assert [(r.name, r.hparams["subdirs"]) for r in runs] == golden
+    assert runs[0].argv == ("python", "predict.py", "--arch", "ocrnet.HRNet_Mscale", "--eval_folder", "/d/img",
+                            "--result_dir", "/d/pred", "--subdirs", "939-953")
+    assert all("--subdirs_chunk" not in r.argv for r in runs)  # consumed by the expansion
+    plain = expand_experiment({**exp, "HPARAMS": {"subdirs": "939-986"}}, exp_name="div", logroot="/l",
+                              slug=lambda: "x", now=datetime(2026, 1, 1))
+    assert [r.argv[-1] for r in plain] == ["939-986"]  # without a chunk size: runx as before
+    for bad in ({"subdirs": "939-986", "subdirs_chunk": 0}, {"subdirs_chunk": 5}):
+        with pytest.raises(ExperimentError, match="subdirs"):
+            expand_experiment({**exp, "HPARAMS": bad}, exp_name="div", logroot="/l", slug=lambda: "x")
+
+
+def test_subdirs_chunk_dry_run_is_one_array_of_four_tasks(tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    (tmp_path / ".runx").write_text(yaml.safe_dump({
+        "LOGROOT": "logs", "FARM": "f", "f": {"SUBMIT_CMD": "x", "RESOURCES": {"time": 5}}}))
+    (tmp_path / "div.yml").write_text(yaml.safe_dump({"CMD": "python predict.py", "HPARAMS": {
+        "arch": "ocrnet.HRNet_Mscale", "eval_folder": "/d/img", "result_dir": "/d/pred",
+        "subdirs": "939-986", "subdirs_chunk": 15}}))
+    done = subprocess.run([sys.executable, "-m", "sbatch", "div.yml", "-n"], cwd=tmp_path, env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("#SBATCH --array=0-3%4") == 4  # one array, a task per chunk
+    for chunk in ("939-953", "954-968", "969-983", "984-986"):
+        assert re.search(rf"# command: python predict.py .*--subdirs {chunk}\n", done.stdout)
+    assert not (tmp_path / "logs").exists()
