@@ -125,7 +125,7 @@ def test_disk_full_exits_with_one_line(tmp_path: Path, monkeypatch: pytest.Monke
     # MOCK again: the model is built, then predict_folder meets a full disk.
     make_tree(tmp_path / "in", per_dir=1, dirs=("a",))
 
-    def full(*args, **kwargs):
+    def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "label" / "x.png"))
 
     monkeypatch.setattr(predict, "predict_folder", full)
@@ -210,7 +210,7 @@ def test_list_missing_reads_folder_and_reports_without_a_model(
     predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, subdirs="a", max_fail_ratio=1.0))
     (out / "label" / "a" / "img0.png").unlink()
 
-    def no_model(*args, **kwargs):
+    def no_model(*_args, **_kwargs):
         raise AssertionError("--list_missing must not build or load a model")
 
     monkeypatch.setattr(predict, "load_model", no_model)
