@@ -488,7 +488,7 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _photo_batches(ds: FolderDataset, run: _Run, opts: PredictOptions) -> Iterator[list[dict]]:
+def _photo_batches(ds: torch.utils.data.Dataset, run: _Run, opts: PredictOptions) -> Iterator[list[dict]]:
     """Decoded samples from DataLoader workers, grouped by size; failures go to the report."""
     from torch.utils.data import DataLoader
 
