@@ -88,10 +88,12 @@ class Claims:
     def claim(self, stem: str) -> bool:
         """True when this run now holds ``stem``; False when a live process does."""
         path = self.path(stem)
-        self.dir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileNotFoundError:  # the first claim in this folder
+                self.dir.mkdir(parents=True, exist_ok=True)
+                continue
             except FileExistsError:
                 if not self._remove_if_stale(path):
                     return False
@@ -139,8 +141,9 @@ class Claims:
         if held.get("host") == self.owner.host:
             if held.get("pid") == self.owner.pid:  # this process: an earlier run that has ended
                 return held.get("run") != self.owner.run_id
-            return not pid_alive(int(held.get("pid", 0)))
-        return age > self.stale_after_s  # another host: its pid means nothing here
+            if not pid_alive(int(held.get("pid", 0))):
+                return True
+        return age > self.stale_after_s  # another host (its pid means nothing here), or a reused pid
 
 
 def _read_json(path: Path) -> dict | None:
@@ -233,12 +236,21 @@ class PartReport:
 
 
 def part_status(runs: list[dict]) -> dict:
-    """A part's state: its latest finished run, and how many runs are still going (live owners)."""
+    """A part's state: its latest finished run, and how many runs are still going.
+
+    A run recorded as running is gone when its pid is dead (same host), or when a run started
+    after its last update finished without meeting another process's claim (other hosts).
+    """
     here = socket.gethostname()
-    running = [r for r in runs if r.get("status") == "running"
-               and not (r.get("host") == here and not pid_alive(int(r.get("pid", 0))))]
-    latest = max((r for r in runs if r.get("status") != "running"), key=lambda r: r.get("updated", ""),
-                 default=None)
+    finished = [r for r in runs if r.get("status") != "running"]
+
+    def going(r: dict) -> bool:
+        if r.get("host") == here:
+            return pid_alive(int(r.get("pid", 0)))
+        return not any(f.get("started", "") > r.get("updated", "") and not f.get("elsewhere") for f in finished)
+
+    running = [r for r in runs if r.get("status") == "running" and going(r)]
+    latest = max(finished, key=lambda r: r.get("updated", ""), default=None)
     ok = latest is not None and not running and latest.get("status") == "complete" and bool(latest.get("ok"))
     return {"ok": ok, "status": "running" if running else (latest or {}).get("status", "never finished"),
             "running": len(running), "latest": latest}
