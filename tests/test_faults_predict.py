@@ -250,6 +250,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_two_processes_on_one_folder_split_the_work(tmp_path: Path) -> None:
     rels = make_tree(tmp_path / "in", per_dir=10, dirs=("a", "b", "c"))
@@ -300,6 +301,7 @@ def test_stale_claims_are_taken_over_and_live_ones_respected(tmp_path: Path) -> 
 # ---------------------------------------------------------------- 17: no rasterio
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_photos_need_no_rasterio(tmp_path: Path) -> None:
     make_tree(tmp_path / "in", per_dir=1, dirs=("a",))
