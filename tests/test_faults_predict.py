@@ -235,7 +235,7 @@ WORKER = textwrap.dedent("""
 
     class SlowSeg(CountingSeg):
         def forward(self, x):
-            time.sleep(0.05 * x.shape[0])  # long enough for the two processes to overlap
+            time.sleep(0.1 * x.shape[0])  # long enough for the two processes to overlap
             return super().forward(x)
 
     src, out, me, other = sys.argv[1:5]
