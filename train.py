@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from config import Config, ConfigError, check_resume, expand_assets, parse_config, save_config
 from datasets.info import DatasetInfo, dataset_info
@@ -45,6 +44,7 @@ from utils.logger import RunLogger
 from utils.metrics import ConfusionMatrix, format_table, write_metrics
 from utils.monitor import Monitor, eval_output_dir, write_top_k
 from utils.optim import build_optimizer, poly_schedule
+from utils.progress import TrainProgress, progress_iter
 from utils.signals import EXIT_REQUEUE, StartupStop, StopRequest, ignore_stop_signals, stop_raises
 
 
@@ -79,6 +79,7 @@ class Run:
     accum: int = 1
     total_iters: int = 0
     monitor: Monitor = field(default_factory=Monitor)  # best.pth, --save_top_k, --early_stop_patience
+    progress: TrainProgress | None = None
 
 
 # ----------------------------------------------------------------------------- data
@@ -254,15 +255,15 @@ def train_one_epoch(run: Run, epoch: int) -> bool:
     per_step = cfg.data.bs_trn * run.accum
     steps = min(len(run.sampler) // per_step, run.total_iters - st.iteration)
     batches = iter(run.train_loader)
-    bar = tqdm(range(steps), desc=f"epoch {epoch}", disable=not info.is_main, dynamic_ncols=True, leave=False)
+    bar = run.progress.bar(steps, f"epoch {epoch}")
     for _ in bar:
         loss = train_step(run, batches)
         st.iteration += 1
         st.consumed += per_step
         if st.iteration % cfg.train.log_freq == 0 or st.iteration == run.total_iters:
-            value = float(mean_over_ranks(loss))
-            run.logger.train_step(st.iteration, value, run.optimizer.param_groups[0]["lr"])
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
+            value, lr = float(mean_over_ranks(loss)), run.optimizer.param_groups[0]["lr"]
+            rates = run.progress.report(st.iteration, epoch, cfg.train.max_epoch, value, lr, bar)
+            run.logger.train_step(st.iteration, value, lr, epoch=epoch, **rates)
         if any_rank(run.stop.requested, info.device):
             return True
         if cfg.train.ckpt_freq and st.iteration % cfg.train.ckpt_freq == 0:
@@ -320,7 +321,7 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, precision: 
     from network import predict
 
     cm = ConfusionMatrix(num_classes, ignore_index, device)
-    for batch in tqdm(loader, desc="eval", disable=not show, dynamic_ncols=True, leave=False):
+    for batch in progress_iter(loader, "eval", len(loader), enabled=show):
         x = batch["image"].to(device, non_blocking=True)
         with precision.autocast():
             out = predict(model, precision.cast_input(x), scales=scales, flip=flip)
@@ -354,9 +355,9 @@ def validate(run: Run, epoch: int) -> dict[str, Any]:
     if info.is_main:
         where = f"epoch {epoch} iteration {run.state.iteration}" if cfg.eval.eval is None else f"--eval {cfg.eval.eval}"
         run.logger.msg(f"{where}: mIoU {100 * metrics['miou']:.2f}\n" + format_table(metrics, ds.class_names))
-        run.logger.val(epoch, metrics, ds.class_names)
+        run.logger.val(epoch, metrics, ds.class_names, run.state.iteration)
         for i, panel in enumerate(dumper.panels):
-            run.logger.image(f"val_images/{i}", panel, epoch)
+            run.logger.image(f"val_images/{i}", panel, run.state.iteration)
         write_metrics(rd, metrics, ds.class_names, {"best_miou": run.state.best_miou})
     if improved and cfg.eval.eval is None:
         save(run, ckpt_io.BEST)
@@ -431,6 +432,9 @@ def run_training(run: Run, train_ds: Any, ckpt: dict[str, Any] | None) -> int:
     if ckpt is not None:
         restore(run, ckpt)
         _say(info, f"resumed at epoch {run.state.epoch}, iteration {run.state.iteration}")
+    run.logger.start_training(run.state.iteration, epoch_closed=run.state.consumed == 0)
+    run.progress = TrainProgress(run.total_iters, run.state.iteration,
+                                 cfg.data.bs_trn * run.accum * info.world_size, enabled=info.is_main)
     if info.is_main:
         save_config(cfg, Path(cfg.train.result_dir) / "config.json",
                     _runtime(cfg, info, run.precision, run.accum, steps, run.total_iters))

@@ -29,29 +29,34 @@ def _start(args):
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    out: list[str] = []
     err: list[str] = []
-    threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(64), "")), daemon=True).start()
-    return proc, err
+    proc.readers = [threading.Thread(target=lambda s=stream, k=sink: k.extend(iter(lambda: s.read(64), "")),
+                                     daemon=True) for stream, sink in ((proc.stdout, out), (proc.stderr, err))]
+    for t in proc.readers:
+        t.start()
+    return proc, out, err
 
 
-def _progress(err: list[str]) -> int:
-    """Optimizer steps done so far, read off tqdm's 'epoch E: ... n/4' lines."""
-    done = [int(e) * STEPS_PER_EPOCH + int(n)
-            for e, n in re.findall(rf"epoch (\d+):[^\r\n]*?(\d+)/{STEPS_PER_EPOCH} \[", "".join(err))]
-    return max(done, default=0)
+def _progress(out: list[str]) -> int:
+    """Optimizer steps done so far, read off the '[train] it N/T' lines (stderr is a pipe: no tqdm)."""
+    return max((int(n) for n in re.findall(r"\[train\] it (\d+)/", "".join(out))), default=0)
 
 
 @pytest.mark.slow
 def test_sigterm_then_resume_reproduces_uninterrupted_weights(synthetic_root, tmp_path):
     total = STEPS_PER_EPOCH * EPOCHS
     stop_after = random.randint(1, total - 2)
-    proc, err = _start(_args(synthetic_root, tmp_path / "interrupted"))
+    proc, chunks, err = _start(_args(synthetic_root, tmp_path / "interrupted"))
     deadline = time.time() + 600
-    while _progress(err) < stop_after and proc.poll() is None:
+    while _progress(chunks) < stop_after and proc.poll() is None:
         assert time.time() < deadline, "training made no progress"
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)  # the real signal Slurm sends before a time limit
-    out, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    for t in proc.readers:
+        t.join(timeout=60)
+    out = "".join(chunks)
     assert proc.returncode == 75, (stop_after, out, "".join(err)[-2000:])
     stopped = torch.load(tmp_path / "interrupted" / "last.pth", weights_only=True)
     assert stop_after <= stopped["iteration"] < total, (stop_after, stopped["iteration"])
