@@ -73,13 +73,19 @@ def strip_launcher(argv: Sequence[str]) -> list[str]:
 
 
 def container_argv(argv: Sequence[str], spec: FarmSpec, *, binds: Sequence[str], cwd: str) -> list[str]:
-    """``apptainer exec --nv --bind a,b --pwd CWD IMAGE argv...`` (Apptainer's documented CLI;
-    the host environment passes through, as Apptainer does by default)."""
+    """``apptainer exec [--nv] --bind a,b --pwd CWD IMAGE argv...`` (Apptainer's documented CLI;
+    the host environment passes through, as Apptainer does by default). ``--nv`` only when the
+    farm requests GPUs."""
     if not spec.image:
         return list(argv)
     uniq = list(dict.fromkeys(b for b in binds if b))
+    bad = [b for b in uniq if "," in b or ":" in b]
+    if bad:
+        raise LaunchError(f"bind path {bad[0]!r} contains ',' or ':', which Apptainer's --bind reads as "
+                          "separators; rename it or bind a parent directory (resource binds, LOGROOT, "
+                          f"{'/'.join(DATA_ENV)})")
     cmd = [spec.container_runtime, "exec"]
-    cmd += ["--nv"] if spec.container_nv else []
+    cmd += ["--nv"] if spec.container_nv and spec.gpus_per_node > 0 else []  # no GPU, no driver to bind
     cmd += ["--bind", ",".join(uniq)] if uniq else []
     return [*cmd, "--pwd", cwd, spec.image, *argv]
 
@@ -98,6 +104,12 @@ def task_spec(planned: Planned, environ: dict[str, str] | None = None) -> TaskSp
     env = {**run.env, "PYTHONPATH": planned.code_dir}
     return TaskSpec(name=run.name, logdir=run.logdir, argv=argv, cwd=planned.code_dir, env=env,
                     max_requeue=spec.max_requeue)
+
+
+def task_command(planned: Planned) -> str:
+    """What a task runs, as one shell line: CMD's env words, then the argv (container included)."""
+    env = [f"{k}={shlex.quote(v)}" for k, v in planned.run.env.items()]
+    return " ".join([*env, shlex.join(task_spec(planned).argv)])
 
 
 # ---------------------------------------------------------------- run directories
@@ -119,17 +131,37 @@ def snapshot_code(src: Path, dst: Path, patterns: Sequence[str]) -> None:
 
 
 def write_run_files(planned: Planned, code_root: Path, patterns: Sequence[str]) -> None:
-    from utils.io import atomic_write_json, atomic_write_text
-
-    run = planned.run
-    logdir = Path(run.logdir)
+    logdir = Path(planned.run.logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     snapshot_code(code_root, Path(planned.code_dir), patterns)
     if not (logdir / "hparams.json").exists():
-        atomic_write_json(logdir / "hparams.json", {**run.hparams, "srcdir": str(code_root)})
-    atomic_write_text(logdir / "command.sh", "#!/bin/sh\n# the run's exact command (runx semantics)\n"
+        _write_hparams(planned, str(code_root))
+    _write_command(planned)
+
+
+def refresh_run_files(planned: Planned) -> None:
+    """``resubmit --from-yaml``: hparams.json and command.sh follow the new flags; the code
+    snapshot stays the one the run started with."""
+    import json
+
+    path = Path(planned.run.logdir) / "hparams.json"
+    srcdir = json.loads(path.read_text()).get("srcdir", "") if path.exists() else ""
+    _write_hparams(planned, srcdir)
+    _write_command(planned)
+
+
+def _write_hparams(planned: Planned, srcdir: str) -> None:
+    from utils.io import atomic_write_json
+
+    atomic_write_json(Path(planned.run.logdir) / "hparams.json", {**planned.run.hparams, "srcdir": srcdir})
+
+
+def _write_command(planned: Planned) -> None:
+    from utils.io import atomic_write_text
+
+    atomic_write_text(Path(planned.run.logdir) / "command.sh", "#!/bin/sh\n# the run's exact command (runx semantics)\n"
                       f"cd {shlex.quote(planned.code_dir)} && PYTHONPATH={shlex.quote(planned.code_dir)} "
-                      f"exec env {run.command}\n")  # env: CMD may start with NAME=value words
+                      f"exec env {planned.run.command}\n")  # env: CMD may start with NAME=value words
 
 
 # ---------------------------------------------------------------- local (-i)
@@ -177,7 +209,7 @@ def _comment(text: str) -> str:
 def setup_lines(group: Sequence[Planned], manifest: str) -> list[str]:
     lines = [f"export SUBMITIT_PREEMPT_SIGNAL={PREEMPT_SIGNAL}", _comment(f"manifest: {manifest}")]
     for i, planned in enumerate(group[:20]):
-        lines.append(_comment(f"task {i}: {planned.run.name}: {shlex.join(task_spec(planned).argv)}"))
+        lines.append(_comment(f"task {i}: {planned.run.name}: {task_command(planned)}"))
     if len(group) > 20:
         lines.append(_comment(f"... {len(group) - 20} more tasks: see the manifest"))
     return lines
@@ -187,7 +219,9 @@ def group_parameters(group: Sequence[Planned], manifest: str) -> dict:
     """submitit ``SlurmExecutor`` parameters of one group (the same for every run in it)."""
     params = submitit_parameters(group[0].spec, job_name=group[0].run.exp_name,
                                  preempt_signal=PREEMPT_SIGNAL)
-    return {**params, "setup": setup_lines(group, manifest)}
+    # submitit writes --wckey=submitit by default: on a site that tracks WCKeys that is an
+    # invalid key or misfiled accounting; set one with sbatch_extra: ["--wckey=NAME"]
+    return {**params, "wckey": None, "setup": setup_lines(group, manifest)}
 
 
 def executor_for(group: Sequence[Planned], folder: Path, manifest: str):

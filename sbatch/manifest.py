@@ -40,9 +40,31 @@ class RunStatus:
     exit_code: str
     metric: str
     logdir: str
+    requeues: int = 0
+    elapsed: str = ""
+    progress: str = ""  # "it 120/900 loss 0.8123" while running (from metrics.jsonl)
+
+    def cells(self) -> list[str]:
+        return [self.name, self.job_id, self.state, str(self.requeues), self.exit_code or "-",
+                self.elapsed or "-", self.progress or "-", self.metric or "-"]
 
     def line(self) -> str:
-        return f"{self.name:40s} {self.job_id:>12s} {self.state:10s} exit={self.exit_code:6s} {self.metric}"
+        return "  ".join(self.cells())
+
+
+HEADER = ("RUN", "JOB", "STATE", "REQUEUES", "EXIT", "ELAPSED", "PROGRESS", "METRIC")
+_RIGHT = {"JOB", "REQUEUES", "EXIT", "ELAPSED"}
+
+
+def format_table(rows: Sequence[RunStatus]) -> str:
+    """A header and one line per run; every column as wide as its widest cell."""
+    table = [list(HEADER), *[r.cells() for r in rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
+    lines = []
+    for row in table:
+        cells = [c.rjust(w) if h in _RIGHT else c.ljust(w) for c, w, h in zip(row, widths, HEADER, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
 
 
 def manifest_path(exp_dir: Path) -> Path:
@@ -56,14 +78,17 @@ def load(exp_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def add_runs(exp_dir: Path, entries: Sequence[dict]) -> Path:
-    """Add or update runs (by name) in the manifest; earlier job ids move to ``history``."""
+def add_runs(exp_dir: Path, entries: Sequence[dict], source: dict | None = None) -> Path:
+    """Add or update runs (by name) in the manifest; earlier job ids move to ``history``.
+    ``source``: the YAML and overrides the runs came from (for ``resubmit --from-yaml``)."""
     from utils.io import atomic_write_json
 
     path = manifest_path(exp_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         data = json.loads(path.read_text()) if path.exists() else {"experiment": Path(exp_dir).name, "runs": []}
+        if source is not None:
+            data["source"] = source
         by_name = {r["name"]: r for r in data["runs"]}
         for entry in entries:
             old = by_name.get(entry["name"])
@@ -76,26 +101,26 @@ def add_runs(exp_dir: Path, entries: Sequence[dict]) -> Path:
     return path
 
 
-def _sacct(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """JobID -> (State, ExitCode) for the given jobs and array tasks, one sacct call."""
+def _sacct(job_ids: Iterable[str]) -> dict[str, tuple[str, str, str]]:
+    """JobID -> (State, ExitCode, Elapsed) for the given jobs and array tasks, one sacct call."""
     bases = sorted({j.split("_")[0] for j in job_ids})
     if not bases:
         return {}
-    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode", "-j", ",".join(bases)]
+    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Elapsed", "-j", ",".join(bases)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise ManifestError(f"{' '.join(cmd[:2])} failed ({e}); is SLURM_CONF set and accounting up?") from e
-    states: dict[str, tuple[str, str]] = {}
+    states: dict[str, tuple[str, str, str]] = {}
     for line in out.splitlines():
         parts = line.split("|")
         if len(parts) >= 3:
             for jid in _expand_array_id(parts[0]):
-                states[jid] = (parts[1].split()[0], parts[2])
+                states[jid] = (parts[1].split()[0], parts[2], parts[3] if len(parts) > 3 else "")
     return states
 
 
-def lookup(states: dict[str, tuple[str, str]], job_id: str) -> tuple[str, str] | None:
+def lookup(states: dict[str, tuple[str, str, str]], job_id: str) -> tuple[str, str, str] | None:
     """A task's record, else its array's own record (sacct shows a never-started, cancelled
     array as the bare array id)."""
     return states.get(job_id) or states.get(job_id.split("_")[0])
@@ -143,19 +168,48 @@ def _last_csv_metric(path: Path) -> str:
 
 
 def command_exit(logdir: Path) -> str:
-    """The command's own exit status from the last ``exit`` event ('' if it never exited)."""
+    """The command's own exit status from the last ``exit`` event ('' while the latest start,
+    e.g. after a requeue, has not exited)."""
+    code = ""
+    for e in _events(logdir):
+        if e.get("event") == "start":
+            code = ""
+        elif e.get("event") == "exit":
+            code = str(e.get("returncode"))
+    return code
+
+
+def requeue_count(logdir: Path, job_id: str) -> int:
+    """Requeues of the current job: the highest ``restart`` its start events recorded."""
+    restarts = [e.get("restart", 0) for e in _events(logdir)
+                if e.get("event") == "start" and e.get("job_id") == job_id]
+    return int(max(restarts, default=0))
+
+
+def _events(logdir: Path) -> list[dict]:
     path = logdir / "slurm_events.jsonl"
     if not path.exists():
-        return ""
-    code = ""
+        return []
+    out = []
     for line in path.read_text().splitlines():
         try:
-            event = json.loads(line)
+            out.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-        if event.get("event") == "exit":
-            code = str(event.get("returncode"))
-    return code
+    return out
+
+
+def training_progress(logdir: Path) -> str:
+    """``it 120/900 loss 0.8123`` from the last train row of metrics.jsonl ('' if none)."""
+    from utils.logger import read_jsonl
+
+    rows = [r for r in read_jsonl(logdir / "metrics.jsonl") if r.get("phase") == "train"]
+    if not rows:
+        return ""
+    last = rows[-1]
+    total = f"/{last['total_iters']}" if last.get("total_iters") else ""
+    loss = f" loss {last['loss']:.4f}" if isinstance(last.get("loss"), (int, float)) else ""
+    return f"it {last.get('iteration', '?')}{total}{loss}"
 
 
 def statuses(exp_dir: Path) -> list[RunStatus]:
@@ -163,12 +217,15 @@ def statuses(exp_dir: Path) -> list[RunStatus]:
     states = _sacct(r["job_id"] for r in runs)
     out = []
     for r in runs:
-        state, slurm_exit = lookup(states, r["job_id"]) or ("UNKNOWN", "")
-        code = command_exit(Path(r["logdir"]))
+        state, slurm_exit, elapsed = lookup(states, r["job_id"]) or ("UNKNOWN", "", "")
+        logdir = Path(r["logdir"])
+        code = command_exit(logdir)
         if not code:
             code = "-" if state in ACTIVE_STATES or not slurm_exit else slurm_exit.split(":")[0]
         out.append(RunStatus(name=r["name"], job_id=r["job_id"], state=state, exit_code=code,
-                             metric=last_metric(Path(r["logdir"])), logdir=r["logdir"]))
+                             metric=last_metric(logdir), logdir=r["logdir"],
+                             requeues=requeue_count(logdir, r["job_id"]), elapsed=elapsed,
+                             progress=training_progress(logdir)))
     return out
 
 

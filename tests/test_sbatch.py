@@ -65,10 +65,12 @@ def test_strip_launcher(argv, expected):
 
 
 def test_container_argv_follows_apptainer_cli():
-    spec = farm_spec({"image": "/img/x.sif", "binds": ["/data", "/logs"]})
+    spec = farm_spec({"image": "/img/x.sif", "binds": ["/data", "/logs"], "gpus_per_node": 1})
     argv = container_argv(["python", "t.py"], spec, binds=["/logs", "/data", "/logs"], cwd="/logs/r/code")
     assert argv == ["apptainer", "exec", "--nv", "--bind", "/logs,/data", "--pwd", "/logs/r/code",
                     "/img/x.sif", "python", "t.py"]
+    cpu = container_argv(["p"], farm_spec({"image": "/img/x.sif"}), binds=[], cwd="/c")
+    assert "--nv" not in cpu  # no GPUs requested: no driver libraries to bind
     spec = farm_spec({"image": "/img/x.sif", "container_runtime": "singularity", "container_nv": False})
     assert container_argv(["p"], spec, binds=[], cwd="/c")[:3] == ["singularity", "exec", "--pwd"]
     assert container_argv(["p"], farm_spec({}), binds=["/x"], cwd="/c") == ["p"]
@@ -83,7 +85,7 @@ def plans(experiment: dict, logroot: str, **resources) -> list[Planned]:
 def test_task_spec_binds_logroot_and_data(monkeypatch):
     monkeypatch.setenv("CITYSCAPES_ROOT", "/datasets/cs")
     p, = plans({"CMD": "torchrun --nproc_per_node=2 train.py", "HPARAMS": {"result_dir": "LOGDIR"}},
-               "/logs", image="/i.sif", binds="/extra")
+               "/logs", image="/i.sif", binds="/extra", gpus_per_node=2)
     spec = task_spec(p)
     code = "/logs/exp/cool-name_2024.01.02_03.04/code"
     assert spec.argv[:5] == ["apptainer", "exec", "--nv", "--bind", "/logs,/datasets/cs,/extra"]
@@ -203,12 +205,12 @@ def test_interactive_stops_at_failure_unless_keep_going(project):
     assert len(list((project / "logs" / "going").glob("*/o.json"))) == 2
 
 
-def test_dry_run_prints_every_script_and_creates_nothing(project):
+def test_dry_run_prints_the_array_script_once_and_creates_nothing(project):
     exp = write_exp(project, {"CMD": "python prog.py", "HPARAMS": {"a": [1, 2, 3], "RUNX.TAG": "a{a}"}})
     done = sbatch_cli(project, exp, "-n", "--tag", "ignored")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("#!/bin/bash") == 3 and done.stdout.count("#SBATCH --array=0-2%3") == 3
-    assert re.search(r"# command: python prog.py --a 2\n", done.stdout)
+    assert done.stdout.count("#!/bin/bash") == 1 and done.stdout.count("#SBATCH --array=0-2%3") == 1
+    assert re.search(r"# 1 a2_\S+ python prog.py --a 2\n", done.stdout)
     assert not (project / "logs").exists()
     interactive = sbatch_cli(project, exp, "-n", "-i")
     assert interactive.stdout.count("python prog.py --a") == 3 and not (project / "logs").exists()

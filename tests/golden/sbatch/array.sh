@@ -20,7 +20,6 @@
 #SBATCH --reservation=r
 #SBATCH --signal=USR1@300
 #SBATCH --time=1-00:00:00
-#SBATCH --wckey=submitit
 
 # setup
 export SUBMITIT_PREEMPT_SIGNAL=USR1

@@ -9,12 +9,11 @@
 #SBATCH --requeue
 #SBATCH --signal=USR1@120
 #SBATCH --time=60
-#SBATCH --wckey=submitit
 
 # setup
 export SUBMITIT_PREEMPT_SIGNAL=USR1
 # manifest: <TMP>/logs/exp/manifest.json
-# task 0: cool-name_2024.01.02_03.04: singularity exec --nv --bind <TMP>/logs,/data --pwd <TMP>/logs/exp/cool-name_2024.01.02_03.04/code /img/hmsa.sif python train.py --x 1
+# task 0: cool-name_2024.01.02_03.04: singularity exec --bind <TMP>/logs,/data --pwd <TMP>/logs/exp/cool-name_2024.01.02_03.04/code /img/hmsa.sif python train.py --x 1
 
 # command
 export SUBMITIT_EXECUTOR=slurm

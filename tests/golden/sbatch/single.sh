@@ -11,7 +11,6 @@
 #SBATCH --requeue
 #SBATCH --signal=USR1@120
 #SBATCH --time=30
-#SBATCH --wckey=submitit
 
 # setup
 export SUBMITIT_PREEMPT_SIGNAL=USR1
