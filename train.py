@@ -342,7 +342,7 @@ def validate(run: Run, epoch: int) -> dict[str, Any]:
     limit = None if cfg.eval.dump_all_images else cfg.eval.dump_num_images
     # every rank evaluates its own share: with --dump_all_images each rank draws its images
     every = cfg.eval.dump_all_images
-    dumper = (ImageDumper(tmp, ds.palette, limit, cfg.eval.dump_assets, ds.ignore_index)
+    dumper = (ImageDumper(tmp, ds.palette, limit, cfg.eval.dump_assets, ds.ignore_index, class_names=ds.class_names)
               if info.is_main or every else None)
     t0 = time.time()
     metrics = evaluate(run.net, run.val_loader, ds.num_classes, run.precision, info.device,

@@ -1,15 +1,20 @@
-"""Prediction pictures: input, colourised ground truth and prediction, overlay, attention per scale."""
+"""Prediction pictures: input, colourised ground truth and prediction, overlay, attention per scale.
+
+Besides the raw images (for tools), each image gets ``<name>_panel.png``: input, ground truth and
+prediction with titles and a legend of the classes in them; attention maps carry a colour bar."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from utils.figures import attention_figure, labelled_panel, write_png
 from utils.io import atomic_imwrite
-from utils.vis import colorize, heatmap, overlay
+from utils.vis import colorize, overlay
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -36,9 +41,10 @@ class ImageDumper:
     """Writes pictures for the first ``limit`` images (``None``: all) under ``out_dir``."""
 
     def __init__(self, out_dir: str | Path, palette: np.ndarray, limit: int | None,
-                 attention: bool, ignore_index: int = 255):
+                 attention: bool, ignore_index: int = 255, class_names: Sequence[str] | None = None):
         self.out_dir = Path(out_dir)
         self.palette = np.asarray(palette, dtype=np.uint8)
+        self.class_names = list(class_names or [f"class_{i}" for i in range(len(self.palette))])
         self.limit = limit
         self.attention = attention
         self.ignore_index = ignore_index
@@ -59,18 +65,30 @@ class ImageDumper:
     def _dump_one(self, name: str, image: torch.Tensor, masks: Any, i: int,
                   outputs: dict[str, torch.Tensor], pred: torch.Tensor) -> None:
         rgb = denormalize(image)
-        color = colorize(pred.cpu().numpy(), self.palette, self.ignore_index)
+        labels = pred.cpu().numpy()
+        color = colorize(labels, self.palette, self.ignore_index)
         _write_rgb(self.out_dir / f"{name}_input.png", rgb)
         _write_rgb(self.out_dir / f"{name}_prediction.png", color)
         _write_rgb(self.out_dir / f"{name}_overlay.png", overlay(rgb, color))
-        strip = [rgb, color]
+        strip, titled, present = [rgb, color], [("input", rgb), ("prediction", color)], [labels]
         if masks is not None:
-            gt = colorize(masks[i].cpu().numpy(), self.palette, self.ignore_index)
+            gt_labels = masks[i].cpu().numpy()
+            gt = colorize(gt_labels, self.palette, self.ignore_index)
             _write_rgb(self.out_dir / f"{name}_gt.png", gt)
-            strip = [rgb, gt, color]
+            strip, present = [rgb, gt, color], [labels, gt_labels]
+            titled.insert(1, ("ground truth (black: ignored)", gt))
+        write_png(self.out_dir / f"{name}_panel.png",
+                  labelled_panel(titled, self._classes_in(present), self.class_names, self.palette))
         if self.attention:
             for key, attn in outputs.items():
                 if key.startswith("attn"):
-                    _write_rgb(self.out_dir / f"{name}_{key}.png", heatmap(attn[i, 0].float().cpu().numpy()))
+                    title = f"{name}\n{key}: weight of the {key.removeprefix('attn_')} scale's prediction"
+                    write_png(self.out_dir / f"{name}_{key}.png", attention_figure(attn[i, 0].float().cpu().numpy(), title))
         if len(self.panels) < 4:
             self.panels.append(np.concatenate(strip, axis=1))
+
+    def _classes_in(self, label_maps: Sequence[np.ndarray]) -> list[int]:
+        ids = set()
+        for m in label_maps:
+            ids |= {int(c) for c in np.unique(m) if 0 <= c < len(self.palette) and c != self.ignore_index}
+        return sorted(ids)

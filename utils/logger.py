@@ -129,6 +129,16 @@ class RunLogger:
                 self.logx.add_scalar(f"val_iou/{name}", iou, iteration)
         self._row({"phase": "val", "iteration": iteration, "epoch": epoch, **summary, "time": time.time()})
         self.flush()
+        self.plot_curves()
+
+    def plot_curves(self) -> None:
+        """``curves.png`` (loss, lr, validation mIoU against the iteration) from metrics.jsonl,
+        redrawn at each validation, so the last one is the whole run's."""
+        from utils.figures import curves_figure, write_png
+
+        rows = read_jsonl(self.jsonl_path)
+        if self.rank0 and any(r.get("phase") == "train" for r in rows):
+            write_png(self.jsonl_path.with_name("curves.png"), curves_figure(rows, self.jsonl_path.parent.name))
 
     def image(self, tag: str, image_rgb: np.ndarray, step: int) -> None:
         self.logx.tensorboard.add_image(tag, image_rgb, step, dataformats="HWC")

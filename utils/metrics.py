@@ -57,6 +57,7 @@ class ConfusionMatrix:
             "fwiou": float((freq[valid] * iou[valid]).sum()),
             "per_class_iou": [float(x) for x in iou],
             "pixels": int(total),
+            "confusion_matrix": self.mat.cpu().tolist(),  # written beside metrics.json, not into it
         }
 
 
@@ -82,12 +83,41 @@ def per_class_csv(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+def confusion_csv(mat: Any, class_names: Sequence[str]) -> str:
+    """Pixel counts: one row per true class, one column per predicted class, names as headers."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["true \\ predicted", *class_names])
+    for name, row in zip(class_names, mat, strict=True):
+        w.writerow([name, *(int(v) for v in row)])
+    return buf.getvalue()
+
+
+def write_confusion(result_dir: str | os.PathLike, mat: Any, class_names: Sequence[str], title: str = "") -> None:
+    """``confusion_matrix.csv``/``.npy`` (counts) and ``confusion_matrix.png`` (rows normalised)."""
+    import numpy as np
+
+    from utils.figures import confusion_figure, write_png
+    from utils.io import atomic_path, atomic_write_text
+
+    counts = np.asarray(mat, dtype=np.int64)
+    atomic_write_text(os.path.join(result_dir, "confusion_matrix.csv"), confusion_csv(counts, class_names))
+    with atomic_path(os.path.join(result_dir, "confusion_matrix.npy")) as tmp:
+        np.save(tmp, counts, allow_pickle=False)
+    write_png(os.path.join(result_dir, "confusion_matrix.png"), confusion_figure(counts, class_names, title))
+
+
 def write_metrics(result_dir: str | os.PathLike, metrics: dict[str, Any],
                   class_names: Sequence[str], extra: dict[str, Any] | None = None) -> None:
-    """``metrics.json`` and ``per_class_iou.csv`` in ``result_dir``, written atomically."""
+    """``metrics.json``, ``per_class_iou.csv`` and the confusion matrix in ``result_dir``, atomically."""
     from utils.io import atomic_write_json, atomic_write_text
 
     out = dict(metrics)
+    mat = out.pop("confusion_matrix", None)
+    if mat is not None:
+        where = f"epoch {out['epoch']}, iteration {out['iteration']}: " if "iteration" in out else ""
+        write_confusion(result_dir, mat, class_names,
+                        f"Confusion matrix, {where}rows normalised (true class); grey: absent")
     out["per_class_iou"] = {n: (None if v != v else v)
                             for n, v in zip(class_names, metrics["per_class_iou"], strict=True)}
     out.update(extra or {})

@@ -63,14 +63,15 @@ class TrainProgress:
         ips = self.images_per_step * (iteration - last_it) / max(now - last_t, 1e-9)
         done = iteration - self.start
         eta = (self.total - iteration) * (now - self.t0) / done if done > 0 else float("nan")
-        return {"images_per_s": ips, "eta_s": eta}
+        return {"images_per_s": ips, "eta_s": eta, "total_iters": self.total}
 
     def line(self, iteration: int, epoch: int, max_epoch: int, loss: float, lr: float,
              rates: dict[str, float]) -> str:
         pct = 100.0 * iteration / max(self.total, 1)
         eta = rates["eta_s"]
+        ips = rates["images_per_s"]
         return (f"[train] it {iteration}/{self.total} ({pct:.0f}%) epoch {epoch + 1}/{max_epoch} "
-                f"loss {loss:.4f} lr {lr:.2e} {rates['images_per_s']:.1f} img/s "
+                f"loss {loss:.4f} lr {lr:.2e} {ips:.{1 if ips >= 1 else 3}f} img/s "
                 f"ETA {format_duration(eta) if eta == eta else '?'}")
 
     def report(self, iteration: int, epoch: int, max_epoch: int, loss: float, lr: float,

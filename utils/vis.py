@@ -1,4 +1,4 @@
-"""Pictures people look at: colourised label maps, overlays, attention heat maps."""
+"""Pictures people look at: colourised label maps and overlays (labelled figures: utils/figures.py)."""
 
 from __future__ import annotations
 
@@ -31,12 +31,3 @@ def overlay(image_rgb: np.ndarray, color_rgb: np.ndarray, alpha: float = 0.5) ->
         raise ValueError(f"overlay needs equal shapes, got {image_rgb.shape} and {color_rgb.shape}")
     out = image_rgb.astype(np.float32) * (1.0 - alpha) + color_rgb.astype(np.float32) * alpha
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-def heatmap(values: np.ndarray) -> np.ndarray:
-    """An (H, W) float map in [0, 1] (e.g. scale attention) as an (H, W, 3) uint8 RGB picture."""
-    import cv2
-
-    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32)), 0.0, 1.0)
-    bgr = cv2.applyColorMap((v * 255.0 + 0.5).astype(np.uint8), cv2.COLORMAP_INFERNO)
-    return bgr[..., ::-1].copy()
