@@ -66,7 +66,7 @@ def test_status_reads_requeues_progress_and_elapsed(tmp_path, monkeypatch):
     (run / "metrics.jsonl").write_text(json.dumps({"phase": "train", "iteration": 40, "total_iters": 90,
                                                    "loss": 0.5}) + "\n")
     manifest.add_runs(tmp_path / "exp", [{"name": "r1", "logdir": str(run), "job_id": "7_0"}])
-    monkeypatch.setattr(manifest, "_sacct", lambda ids: {"7_0": ("RUNNING", "0:0", "00:10:00")})
+    monkeypatch.setattr(manifest, "_sacct", lambda _ids: {"7_0": ("RUNNING", "0:0", "00:10:00")})
     row, = manifest.statuses(tmp_path / "exp")
     assert (row.requeues, row.elapsed, row.progress, row.exit_code) == (1, "00:10:00", "it 40/90 loss 0.5000", "-")
 
@@ -110,7 +110,8 @@ def test_bad_flags_refused_one_line_per_run():
     with pytest.raises(FlagError) as e:
         check_runs(runs)
     lines = str(e.value).splitlines()
-    assert lines[0] == "run rnotanumber_cool-name_2024.01.02_03.04: train.py: argument --lr: invalid float value: 'notanumber'"
+    assert lines[0] == ("run rnotanumber_cool-name_2024.01.02_03.04: train.py: argument --lr: "
+                        "invalid float value: 'notanumber'")
     assert lines[1].startswith("run rx_") and lines[2].startswith("2 of 3 runs have bad flags")
     check_runs(runs_of({"CMD": "python other.py", "HPARAMS": {"lr": "notanumber"}}))  # not our program
 

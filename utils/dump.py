@@ -83,7 +83,8 @@ class ImageDumper:
             for key, attn in outputs.items():
                 if key.startswith("attn"):
                     title = f"{name}\n{key}: weight of the {key.removeprefix('attn_')} scale's prediction"
-                    write_png(self.out_dir / f"{name}_{key}.png", attention_figure(attn[i, 0].float().cpu().numpy(), title))
+                    picture = attention_figure(attn[i, 0].float().cpu().numpy(), title)
+                    write_png(self.out_dir / f"{name}_{key}.png", picture)
         if len(self.panels) < 4:
             self.panels.append(np.concatenate(strip, axis=1))
 

@@ -99,9 +99,10 @@ def confusion_figure(mat: np.ndarray, class_names: Sequence[str], title: str = "
     ax.set_ylabel("true class")
     ax.set_title(title or "Confusion matrix (each row normalised to 1; grey: class absent)", fontsize=10)
     if k <= MAX_ANNOTATED:
+        size = 10 if k <= 8 else 8 if k <= 15 else 6
         for (r, c), v in np.ndenumerate(norm):
             if v == v and v >= 0.005:
-                ax.text(c, r, f"{100 * v:.0f}", ha="center", va="center", fontsize=10 if k <= 8 else 8 if k <= 15 else 6,
+                ax.text(c, r, f"{100 * v:.0f}", ha="center", va="center", fontsize=size,
                         color="white" if v > 0.5 else "black")
     fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class's pixels")
     return render(fig)
