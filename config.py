@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils import reference_flags
 from utils.errors import UserError
 
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
-EVAL_MODES = ("val", "trn", "folder")
+EVAL_MODES = ("val", "trn", "test", "folder")
 DEVICES = ("auto", "cpu", "cuda")
 MONITOR_METRICS = ("miou", "pixel_acc", "mean_class_acc", "fwiou")  # higher is better
 
@@ -121,12 +122,18 @@ class TrainConfig:
                       choices=MONITOR_METRICS)
     save_top_k: int = _f(1, "keep the K best checkpoints by --monitor in checkpoints/ (1: best.pth only)")
     early_stop_patience: int | None = _f(None, "stop after N validations without --monitor improving")
+    freeze_trunk: bool = _f(False, "train the heads only: the trunk's weights get no gradient")
+    restore_net: bool = _f(False, "load --snapshot's weights (the reference's spelling; --snapshot does it)")
+    restore_optimizer: bool = _f(False, "also restore the optimizer state of a --snapshot written by train.py")
+    start_epoch: int = _f(0, "start at this epoch: the poly schedule and epoch counter begin there")
+    test_mode: bool = _f(False, "smoke test: 2 epochs of a few steps, a few validation batches")
     debug: bool = _f(False, "print the traceback of user errors too (also HMSA_DEBUG=1)")
 
 
 @dataclass
 class EvalConfig:
-    eval: str | None = _f(None, "val, trn or folder: evaluate only", choices=EVAL_MODES)
+    eval: str | None = _f(None, "val, trn, test (Cityscapes test split) or folder: evaluate only",
+                          choices=EVAL_MODES)
     eval_folder: str | None = _f(None, "image folder for --eval folder")
     n_scales: tuple[float, ...] | None = _f(None, "inference scales, e.g. 0.5,1.0,2.0")
     do_flip: bool = _f(False, "average with horizontally flipped inference")
@@ -137,6 +144,13 @@ class EvalConfig:
     shard: str | None = _f(None, "--eval folder: INDEX/COUNT (default: Slurm array / ranks)")
     infer_short_side: int | None = _f(None, "--eval folder: resize the shorter side to this")
     probs: bool = _f(False, "--eval folder: also write per-class probabilities")
+    multi_scale_inference: bool = _f(False, "evaluate at --default_scale plus --extra_scales (unless --n_scales)")
+    extra_scales: tuple[float, ...] = _f((0.5, 2.0), "scales added by --multi_scale_inference")
+    default_scale: float = _f(1.0, "the base scale of --multi_scale_inference")
+    no_metrics: bool = _f(False, "no confusion matrix, table or metrics files (unlabelled data)")
+    dump_for_submission: bool = _f(False, "write Cityscapes labelIds PNGs for the test server (<result_dir>/submit)")
+    dump_for_auto_labelling: bool = _f(False, "write train-id labels + confidence PNGs (<result_dir>/auto_labels)")
+    dump_topn: int = _f(0, "draw the N worst images by mIoU (<result_dir>/worst_images)")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,
@@ -258,6 +272,10 @@ def _unknown_flag_error(unknown: Sequence[str], parser: argparse.ArgumentParser)
                 msgs.append(f"unexpected value {token!r} (flags take one value each)")
             continue
         flag = token.split("=", 1)[0]
+        refused = reference_flags.refused_message(flag)
+        if refused:
+            msgs.append(refused)
+            continue
         close = difflib.get_close_matches(flag, known, n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else "; see train.py --help"
         msgs.append(f"unknown flag {flag}{hint}")
@@ -273,7 +291,11 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     values = vars(ns)
     cfg = Config(**{name: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
                     for name, cls in SECTIONS.items()})
+    reference_flags.resolve(cfg)
     validate(cfg)
+    problem = reference_flags.check(cfg)
+    if problem:
+        raise ConfigError(problem)
     return cfg
 
 

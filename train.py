@@ -37,14 +37,16 @@ from utils.dist import (
     mean_over_ranks,
     pick_device,
 )
-from utils.dump import ImageDumper
+from utils.dump import Dumps, ImageDumper, eval_dumps
 from utils.errors import end_children, run_cli
+from utils.finetune import apply_start_flags, freeze_trunk
 from utils.io import ensure_output_dir
 from utils.logger import RunLogger
 from utils.metrics import ConfusionMatrix, format_table, write_metrics
 from utils.monitor import Monitor, eval_output_dir, write_top_k
 from utils.optim import build_optimizer, poly_schedule
 from utils.progress import TrainProgress, progress_iter
+from utils.reference_flags import TEST_MODE_VAL_BATCHES
 from utils.signals import EXIT_REQUEUE, StartupStop, StopRequest, ignore_stop_signals, stop_raises
 
 
@@ -105,7 +107,7 @@ def build_datasets(cfg: Config, train: bool) -> tuple[Any, Any]:
     from datasets.transforms import build_eval_transform, build_train_transform
 
     d = cfg.data
-    val_split = "train" if cfg.eval.eval == "trn" else "val"
+    val_split = {"trn": "train", "test": "test"}.get(cfg.eval.eval or "", "val")
     val_ds = build_dataset(d.dataset, root=d.dataset_root, split=val_split, cv=d.cv,
                            transform=build_eval_transform(pre_size=d.pre_size), **_source(cfg))
     check_label_sample(val_ds)  # labels of another dataset would train and score as nothing
@@ -133,7 +135,10 @@ def build_train_loader(cfg: Config, info: DistInfo, train_ds: Any) -> tuple[Data
 
 
 def build_val_loader(cfg: Config, info: DistInfo, val_ds: Any) -> DataLoader:
-    return DataLoader(val_ds, batch_size=cfg.data.bs_val, sampler=ShardSampler(len(val_ds), info.rank, info.world_size),
+    n = len(val_ds)
+    if cfg.train.test_mode:
+        n = min(n, TEST_MODE_VAL_BATCHES * cfg.data.bs_val * info.world_size)
+    return DataLoader(val_ds, batch_size=cfg.data.bs_val, sampler=ShardSampler(n, info.rank, info.world_size),
                       num_workers=cfg.data.num_workers, pin_memory=info.device.type == "cuda",
                       worker_init_fn=ignore_stop_signals)
 
@@ -316,7 +321,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, precision: Precision,
              device: torch.device, scales: tuple[float, ...] | None = None, flip: bool = False,
-             dumper: ImageDumper | None = None, show: bool = True, ignore_index: int = 255) -> dict[str, Any]:
+             dumper: ImageDumper | Dumps | None = None, show: bool = True, ignore_index: int = 255) -> dict[str, Any]:
     """Multi-scale / flip inference over ``loader``; a confusion matrix summed over ranks."""
     from network import predict
 
@@ -339,20 +344,17 @@ def validate(run: Run, epoch: int) -> dict[str, Any]:
     cfg, info, ds = run.cfg, run.info, run.val_ds
     rd = Path(cfg.train.result_dir)
     tmp = rd / (".val_images" if cfg.eval.eval is None else "best_images")
-    limit = None if cfg.eval.dump_all_images else cfg.eval.dump_num_images
-    # every rank evaluates its own share: with --dump_all_images each rank draws its images
-    every = cfg.eval.dump_all_images
-    dumper = (ImageDumper(tmp, ds.palette, limit, cfg.eval.dump_assets, ds.ignore_index, class_names=ds.class_names)
-              if info.is_main or every else None)
+    dumper = eval_dumps(cfg.eval, rd, tmp, ds, info.is_main, info.rank)  # every rank: its own share
     t0 = time.time()
     metrics = evaluate(run.net, run.val_loader, ds.num_classes, run.precision, info.device,
                        cfg.eval.n_scales, cfg.eval.do_flip, dumper, info.is_main, ds.ignore_index)
+    dumper.finish()
     metrics.update(epoch=epoch, iteration=run.state.iteration, eval_seconds=round(time.time() - t0, 2),
                    scales=list(cfg.eval.n_scales or ()), flip=cfg.eval.do_flip, precision=run.precision.describe())
     decision = run.monitor.update(metrics[cfg.train.monitor], epoch, run.state.iteration)
-    improved = decision.improved  # best.pth follows --monitor (miou by default)
+    improved = decision.improved and not cfg.eval.no_metrics  # best.pth follows --monitor
     run.state.best_miou = max(run.state.best_miou, metrics["miou"])
-    if info.is_main:
+    if info.is_main and not cfg.eval.no_metrics:
         where = f"epoch {epoch} iteration {run.state.iteration}" if cfg.eval.eval is None else f"--eval {cfg.eval.eval}"
         run.logger.msg(f"{where}: mIoU {100 * metrics['miou']:.2f}\n" + format_table(metrics, ds.class_names))
         run.logger.val(epoch, metrics, ds.class_names, run.state.iteration)
@@ -432,6 +434,8 @@ def run_training(run: Run, train_ds: Any, ckpt: dict[str, Any] | None) -> int:
     if ckpt is not None:
         restore(run, ckpt)
         _say(info, f"resumed at epoch {run.state.epoch}, iteration {run.state.iteration}")
+    elif started := apply_start_flags(cfg, run.optimizer, run.scheduler, run.state, steps):
+        _say(info, started)
     run.logger.start_training(run.state.iteration, epoch_closed=run.state.consumed == 0)
     run.progress = TrainProgress(run.total_iters, run.state.iteration,
                                  cfg.data.bs_trn * run.accum * info.world_size, enabled=info.is_main)
@@ -488,6 +492,8 @@ def main(cfg: Config) -> int:
         train_ds, val_ds = build_datasets(cfg, train=cfg.eval.eval is None)
         data = dataset_info(cfg.data.dataset, root=cfg.data.dataset_root, **_source(cfg))
         net = build_model(cfg, val_ds.num_classes, data.in_channels)
+        if cfg.train.freeze_trunk:
+            freeze_trunk(net)
         ckpt = load_weights(cfg, net, info)
         model, net = place_model(cfg, net, info, precision)
         if cfg.eval.eval:  # into a training run: eval_<mode>/, the run's own files stay as training wrote them

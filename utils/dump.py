@@ -93,3 +93,129 @@ class ImageDumper:
         for m in label_maps:
             ids |= {int(c) for c in np.unique(m) if 0 <= c < len(self.palette) and c != self.ignore_index}
         return sorted(ids)
+
+
+class LabelWriter:
+    """Every image's prediction as a label PNG, ``<out_dir>/<name>.png``.
+
+    ``--dump_for_submission``: ``lut`` maps train ids to Cityscapes label ids (the test server's
+    format). ``--dump_for_auto_labelling``: train ids plus ``<name>_prob.png``, the softmax
+    confidence x 255, to threshold auto-labels of coarse data."""
+
+    def __init__(self, out_dir: str | Path, lut: np.ndarray | None = None, confidence: bool = False):
+        self.out_dir = Path(out_dir)
+        self.lut = lut
+        self.confidence = confidence
+
+    def done(self) -> bool:
+        return False
+
+    def dump(self, batch: dict[str, Any], outputs: dict[str, torch.Tensor], pred: torch.Tensor) -> None:
+        labels = pred.to(torch.uint8).cpu().numpy()
+        probs = outputs["pred"].float().softmax(1).amax(1).cpu().numpy() if self.confidence else None
+        for i in range(labels.shape[0]):
+            name = Path(str(batch["name"][i])).stem
+            out = self.lut[labels[i]] if self.lut is not None else labels[i]
+            atomic_imwrite(self.out_dir / f"{name}.png", np.ascontiguousarray(out))
+            if probs is not None:
+                conf = np.clip(probs[i] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                atomic_imwrite(self.out_dir / f"{name}_prob.png", conf)
+
+
+def image_miou(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int) -> float:
+    """Mean IoU of one image over the classes in its ground truth or prediction (NaN: nothing labelled)."""
+    keep = (gt != ignore_index) & (gt < num_classes)
+    if not keep.any():
+        return float("nan")
+    g, p = gt[keep].astype(np.int64), pred[keep].astype(np.int64)
+    inter = np.bincount(g[g == p], minlength=num_classes)
+    union = np.bincount(g, minlength=num_classes) + np.bincount(p, minlength=num_classes) - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean())
+
+
+class WorstImages:
+    """``--dump_topn N``: keeps the N images with the lowest per-image mIoU and draws them, worst
+    first, into ``<out_dir>`` with ``worst_images.csv`` (with DDP: each rank's own N)."""
+
+    def __init__(self, out_dir: str | Path, n: int, palette: np.ndarray, class_names: Sequence[str],
+                 ignore_index: int = 255, rank: int = 0):
+        self.out_dir, self.n, self.rank = Path(out_dir), n, rank
+        self.palette = np.asarray(palette, dtype=np.uint8)
+        self.class_names = list(class_names)
+        self.ignore_index = ignore_index
+        self.kept: list[tuple[float, str, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def done(self) -> bool:
+        return False
+
+    def dump(self, batch: dict[str, Any], outputs: dict[str, torch.Tensor], pred: torch.Tensor) -> None:  # noqa: ARG002
+        if "mask" not in batch:
+            return
+        for i in range(pred.shape[0]):
+            gt, p = batch["mask"][i].cpu().numpy(), pred[i].cpu().numpy()
+            score = image_miou(gt, p, len(self.palette), self.ignore_index)
+            if score == score:
+                self.kept.append((score, Path(str(batch["name"][i])).stem, denormalize(batch["image"][i]),
+                                  gt.astype(np.uint8), p.astype(np.uint8)))
+                self.kept = sorted(self.kept, key=lambda t: t[0])[: self.n]
+
+    def finish(self) -> None:
+        from utils.io import atomic_write_text
+
+        rows = ["rank,order,name,miou"]
+        for k, (score, name, rgb, gt, p) in enumerate(self.kept):
+            title = f"prediction (image mIoU {100 * score:.1f})"
+            panels = [("input", rgb), ("ground truth", colorize(gt, self.palette, self.ignore_index)),
+                      (title, colorize(p, self.palette, self.ignore_index))]
+            ids = sorted({int(c) for c in np.unique(np.concatenate([gt.ravel(), p.ravel()])) if c < len(self.palette)})
+            write_png(self.out_dir / f"{self.rank:02d}_{k:03d}_{name}.png",
+                      labelled_panel(panels, ids, self.class_names, self.palette))
+            rows.append(f"{self.rank},{k},{name},{score:.6f}")
+        atomic_write_text(self.out_dir / f"worst_images_rank{self.rank}.csv", "\n".join(rows) + "\n")
+
+
+class Dumps:
+    """Several dump writers fed by one evaluation pass (``evaluate`` sees one ``dumper``)."""
+
+    def __init__(self, parts: Sequence[Any]):
+        self.parts = [p for p in parts if p is not None]
+
+    def done(self) -> bool:
+        return all(p.done() for p in self.parts)
+
+    def dump(self, batch: dict[str, Any], outputs: dict[str, torch.Tensor], pred: torch.Tensor) -> None:
+        for p in self.parts:
+            if not p.done():
+                p.dump(batch, outputs, pred)
+
+    def finish(self) -> None:
+        for p in self.parts:
+            if hasattr(p, "finish"):
+                p.finish()
+
+    @property
+    def panels(self) -> list[np.ndarray]:
+        return next((p.panels for p in self.parts if isinstance(p, ImageDumper)), [])
+
+
+def eval_dumps(e: Any, result_dir: str | Path, pictures_dir: Path, ds: Any, is_main: bool, rank: int) -> Dumps:
+    """The writers an evaluation pass feeds, from the eval settings ``e`` (config's EvalConfig)."""
+    rd = Path(result_dir)
+    every = e.dump_all_images  # with --dump_all_images each rank draws its own images
+    limit = None if every else e.dump_num_images
+    parts: list[Any] = []
+    if is_main or every:
+        parts.append(ImageDumper(pictures_dir, ds.palette, limit, e.dump_assets, ds.ignore_index,
+                                 class_names=ds.class_names))
+    if e.dump_for_submission:
+        from datasets.cityscapes_labels import TRAIN_LABELS
+
+        lut = np.zeros(256, dtype=np.uint8)  # unknown train ids -> 0 (unlabeled)
+        lut[: len(TRAIN_LABELS)] = [lb.id for lb in TRAIN_LABELS]
+        parts.append(LabelWriter(rd / "submit", lut=lut))
+    if e.dump_for_auto_labelling:
+        parts.append(LabelWriter(rd / "auto_labels", confidence=True))
+    if e.dump_topn:
+        parts.append(WorstImages(rd / "worst_images", e.dump_topn, ds.palette, ds.class_names, ds.ignore_index, rank))
+    return Dumps(parts)
