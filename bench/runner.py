@@ -1,6 +1,10 @@
 """Launcher benchmarks: expanding + dry-running a 1,000-run sweep, and submitting a 100-run
 sweep to the local Slurm cluster as one job array versus 100 separate submissions.
 
+The timed jobs are real runs: each gets its run directory and ``code/`` snapshot first (as
+``python -m sbatch`` makes them), and every timed job must end COMPLETED, else the bench fails
+instead of timing failures.
+
     python bench/runner.py                 # starts a private local cluster (needs root + Slurm)
     python bench/runner.py --no-slurm      # expansion / dry run only
     SLURM_CONF=... python bench/runner.py  # use a running cluster
@@ -46,18 +50,23 @@ def plans_for(experiment: dict, logroot: str, resources: dict) -> list[Planned]:
 
 
 def time_dry_run(repeats: int = 5) -> dict[str, float]:
-    """In-process expansion and the full ``-n`` text of 1,000 runs; and the CLI end to end."""
+    """In-process expansion, flag checks and the ``-n`` text of 1,000 runs; and the CLI end to end."""
+    from sbatch.validate import check_runs
+
     settings = cli.Settings(config_path=None, logroot=Path("/bench/logs"), exp_name="bench", farm=None,
                             resources={"gpus_per_node": 8, "time": 240}, code_ignore_patterns=())
-    expand_s, dry_s, size = [], [], 0
+    expand_s, check_s, dry_s, size = [], [], [], 0
     for _ in range(repeats):
         t0 = time.perf_counter()
         plans = plans_for(SWEEP_1000, "/bench/logs", settings.resources)
         t1 = time.perf_counter()
-        text = cli.dry_run(settings, plans, interactive=False)
+        check_runs([p.run for p in plans])
         t2 = time.perf_counter()
+        text = cli.dry_run(settings, plans, interactive=False)
+        t3 = time.perf_counter()
         expand_s.append(t1 - t0)
-        dry_s.append(t2 - t1)
+        check_s.append(t2 - t1)
+        dry_s.append(t3 - t2)
         size = len(text)
     with tempfile.TemporaryDirectory() as tmp:
         exp = Path(tmp) / "bench.yml"
@@ -71,8 +80,8 @@ def time_dry_run(repeats: int = 5) -> dict[str, float]:
         done = subprocess.run([sys.executable, "-m", "sbatch", str(exp), "-n", "-c", str(cfg)], cwd=REPO,
                               capture_output=True, text=True, check=True)
         cli_s = time.perf_counter() - t0
-        assert done.stdout.count("#!/bin/bash") == 1000
-    return {"runs": len(plans), "expand_s": statistics.median(expand_s),
+        assert done.stdout.count("#!/bin/bash") == 1 and done.stdout.count(" python train.py --lr") == 2000
+    return {"runs": len(plans), "expand_s": statistics.median(expand_s), "check_s": statistics.median(check_s),
             "dry_run_s": statistics.median(dry_s), "text_mb": size / 1e6, "cli_s": cli_s}
 
 
@@ -103,33 +112,58 @@ def local_cluster() -> Iterator[dict[str, str]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def wait_done(job_ids: list[str], timeout: float) -> float | None:
+def wait_done(job_ids: list[str], timeout: float) -> tuple[float | None, dict[str, str]]:
+    """Seconds until no job is active (None: timeout) and each job's final state."""
     t0 = time.perf_counter()
+    got: dict[str, str] = {}
     while time.perf_counter() - t0 < timeout:
         states = manifest._sacct(job_ids)
-        got = [(manifest.lookup(states, j) or ("PENDING",))[0] for j in job_ids]
-        if all(s not in manifest.ACTIVE_STATES for s in got):
-            return time.perf_counter() - t0
+        got = {j: (manifest.lookup(states, j) or ("PENDING",))[0] for j in job_ids}
+        if all(s not in manifest.ACTIVE_STATES for s in got.values()):
+            return time.perf_counter() - t0, got
         time.sleep(1.0)
-    return None
+    return None, got
+
+
+def require_completed(mode: str, states: dict[str, str]) -> None:
+    """A timed job that did not complete makes the figure meaningless: stop the bench."""
+    bad = {j: s for j, s in states.items() if s != "COMPLETED"}
+    if bad:
+        counts = statistics.multimode(bad.values())
+        raise SystemExit(f"runner bench: {len(bad)} of {len(states)} {mode} jobs did not complete "
+                         f"(most often {counts}); e.g. {sorted(bad.items())[:3]}; nothing written")
+
+
+def prepare_runs(plans: list[Planned], code_root: Path) -> float:
+    """Run directories with their code/ snapshots, as submission makes them; returns seconds."""
+    t0 = time.perf_counter()
+    for p in plans:
+        launch.write_run_files(p, code_root, ())
+    return time.perf_counter() - t0
 
 
 def time_submissions(n: int, wait_s: float) -> dict[str, float | None]:
     """Submit ``n`` trivial runs as one array, then as ``n`` single jobs (submitit, sbatch)."""
     out: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        code_root = Path(tmp) / "src"  # what each run's code/ snapshot is copied from
+        code_root.mkdir()
+        (code_root / "README").write_text("benchmark run: the command is `true`\n")
         experiment = {"CMD": "true", "HPARAMS": {"i": list(range(n))}}
         resources = {"time": 5, "cpus_per_task": 1, "mem": "100M"}
         for mode in ("array", "separate"):
             plans = plans_for(experiment, f"{tmp}/{mode}", resources)
+            out[f"{mode}_prepare_s"] = prepare_runs(plans, code_root)
             folder = Path(tmp) / mode / "bench" / "submitit"
             groups = [plans] if mode == "array" else [[p] for p in plans]
             t0 = time.perf_counter()
             jobs = [j for g in groups for j in launch.submit_group(g, folder, f"{tmp}/m.json")]
             out[f"{mode}_submit_s"] = time.perf_counter() - t0
             ids = [str(j.job_id) for j in jobs]
-            out[f"{mode}_done_s"] = wait_done(ids, wait_s)
+            out[f"{mode}_done_s"], states = wait_done(ids, wait_s)
             subprocess.run(["scancel", *sorted({i.split('_')[0] for i in ids})], capture_output=True)
+            require_completed(mode, states)
+            out[f"{mode}_load"] = os.getloadavg()[0]
     return out
 
 
@@ -147,7 +181,8 @@ def main() -> None:
         dry = time_dry_run()
     lines = ["| 1,000-run sweep (10x5x20 cross product) | median of 5 |", "|---|---|",
              f"| expand + validate resources (in process) | {dry['expand_s'] * 1e3:.0f} ms |",
-             f"| render every run's sbatch script (`-n` text, {dry['text_mb']:.1f} MB) "
+             f"| check every run's flags with train.py's parser | {dry['check_s'] * 1e3:.0f} ms |",
+             f"| render the `-n` text (one array script + 1,000 task lines, {dry['text_mb']:.1f} MB) "
              f"| {dry['dry_run_s'] * 1e3:.0f} ms |",
              "| `python -m sbatch sweep.yml -n` end to end (interpreter start included, 1 run) "
              f"| {dry['cli_s']:.2f} s |"]
@@ -157,11 +192,16 @@ def main() -> None:
         lines += ["", f"| {args.runs} trivial runs (`true`) on the local 2-CPU cluster | one job array "
                   f"| {args.runs} separate jobs |",
                   "|---|---|---|",
+                  f"| run directories + code/ snapshots (before submitting, not timed below) "
+                  f"| {fmt(sub['array_prepare_s'])} | {fmt(sub['separate_prepare_s'])} |",
                   f"| submission (returns, non-blocking) | {fmt(sub['array_submit_s'])} "
                   f"| {fmt(sub['separate_submit_s'])} |",
-                  f"| until sacct shows all finished | {fmt(sub['array_done_s'])} | {fmt(sub['separate_done_s'])} |"]
+                  f"| until sacct shows all finished (every job COMPLETED) | {fmt(sub['array_done_s'])} "
+                  f"| {fmt(sub['separate_done_s'])} |",
+                  f"| 1-minute load average after the mode | {sub['array_load']:.1f} | {sub['separate_load']:.1f} |"]
     body = "\n".join(lines) + ("\n\nThe separate submissions run one `sbatch` (through submitit) per run; the array "
-                               "sends one script. Completion includes submitit's Python start per task.")
+                               "sends one script. Completion includes submitit's Python start per task. Every "
+                               "timed job is asserted COMPLETED (the bench stops otherwise).")
     print(body)
     write_section("runner", body)
 
