@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -86,7 +87,8 @@ def add_runs(exp_dir: Path, entries: Sequence[dict], source: dict | None = None)
     path = manifest_path(exp_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        data = json.loads(path.read_text()) if path.exists() else {"experiment": Path(exp_dir).name, "runs": []}
+        data: dict[str, Any] = (json.loads(path.read_text()) if path.exists()
+                                else {"experiment": Path(exp_dir).name, "runs": []})
         if source is not None:
             data["source"] = source
         by_name = {r["name"]: r for r in data["runs"]}

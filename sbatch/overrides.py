@@ -73,7 +73,7 @@ def apply_overrides(experiment: dict[str, Any], items: Sequence[str]) -> dict[st
     pairs = [parse_override(i, list_valued_flags()) for i in items]
     exp = copy.deepcopy(experiment)
     hp = exp.get("HPARAMS")
-    sets = hp if isinstance(hp, list) else [hp]
+    sets: list[Any] = hp if isinstance(hp, list) else [hp]
     if not sets or not all(isinstance(s, dict) for s in sets):
         raise OverrideError("overrides need HPARAMS as a dict or a list of dicts")
     for s in sets:

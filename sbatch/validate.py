@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from .expand import ExperimentError, Run
 
@@ -29,7 +30,7 @@ def _check_predict(args: Sequence[str]) -> None:
 
     parser = predict.build_parser()
 
-    def error(message: str) -> None:  # argparse would print usage and sys.exit(2)
+    def error(message: str) -> NoReturn:  # argparse would print usage and sys.exit(2)
         raise ConfigError(message)
 
     parser.error = error  # type: ignore[method-assign]

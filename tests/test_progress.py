@@ -48,6 +48,7 @@ def test_resume_truncates_rows_beyond_the_resume_point(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two tiny trainings; minutes on a loaded 2-core machine
 def test_jsonl_and_one_tensorboard_step_across_a_resume(synthetic_root, tmp_path):
     rd = tmp_path / "run"
     first = run_train(tiny_args(synthetic_root, rd, "--max_epoch", "1", "--ckpt_freq", "0"))
@@ -80,6 +81,7 @@ def demo_exp(tmp_path, synthetic_root) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_demo_through_real_runx_shows_progress_before_the_end(demo_exp, tmp_path):
     """runx holds stderr until the child ends; the progress lines must come through stdout live."""
     exp, cfg = demo_exp
@@ -89,7 +91,7 @@ def test_demo_through_real_runx_shows_progress_before_the_end(demo_exp, tmp_path
     reader = threading.Thread(target=lambda: seen.extend((time.monotonic(), ln) for ln in proc.stdout))
     reader.start()
     err = proc.stderr.read()
-    proc.wait(timeout=600)
+    proc.wait(timeout=1700)
     ended = time.monotonic()
     reader.join(timeout=60)
     assert proc.returncode == 0, err[-3000:]

@@ -152,6 +152,7 @@ def test_dump_cityscapes_script_counterpart():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_eval_with_submission_topn_and_no_metrics(synthetic_root, tmp_path):
     """train.py end to end: a few steps with --freeze_trunk --test_mode, then --eval val with the dumps."""
     rd = tmp_path / "run"

@@ -40,11 +40,16 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
 def _legend(fig: Any, class_ids: Sequence[int], class_names: Sequence[str], palette: np.ndarray) -> None:
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=np.asarray(palette[c]) / 255.0, edgecolor="black", linewidth=0.5,
+    handles = [Patch(facecolor=_rgb01(palette[c]), edgecolor="black", linewidth=0.5,
                      label=class_names[c] if c < len(class_names) else f"class_{c}") for c in class_ids]
     if handles:
         ncol = min(len(handles), 6)
         fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
+
+
+def _rgb01(color: np.ndarray) -> tuple[float, float, float]:
+    r, g, b = (float(v) / 255.0 for v in color[:3])
+    return (r, g, b)
 
 
 def labelled_panel(images: Sequence[tuple[str, np.ndarray]], class_ids: Sequence[int],

@@ -29,7 +29,7 @@ def _finite(value: Any) -> Any:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl; a torn last line (killed mid-write) is skipped."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     p = Path(path)
     if not p.exists():
         return rows
