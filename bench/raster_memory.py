@@ -23,10 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._results import write_section  # noqa: E402
+from datasets.raster_pairs import GDAL_CACHE_MB  # noqa: E402
 
 # runs the command given as arguments and prints the peak RSS (KiB on Linux) of it and its children
 _WRAP = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
          "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)")
+_IMPORTS = "import torch, cv2, rasterio, timm; print('imported')"
 _READ_ALL = ("import sys, rasterio; src = rasterio.open(sys.argv[1]); a = src.read(); "
              "print('read', a.shape, a.dtype, a.nbytes >> 20, 'MiB')")
 
@@ -81,6 +83,7 @@ def main() -> None:
         gen = time.perf_counter() - t0
         image = big / "images" / "train" / "scene.tif"
         raw_mib = args.size * args.size * args.bands * 2 / 2**20
+        rows.append(("import torch, OpenCV, rasterio, timm (fixed cost)", *measure(["-c", _IMPORTS], env)[:2]))
         rows.append(("read the whole raster (baseline)", *measure(["-c", _READ_ALL, str(image)], env)[:2]))
         check = ["-m", "datasets.check", "--write_stats", "--no_progress", "--dataset_root"]
         rows.append(("`datasets.check --write_stats` (strips)", *measure([*check, str(big)], env)[:2]))
@@ -92,7 +95,10 @@ def main() -> None:
     load = os.getloadavg()
     lines = [f"A {args.size}x{args.size}x{args.bands} uint16 GeoTIFF ({raw_mib:.0f} MiB of pixels; generated in "
              f"{gen:.0f} s), `ocrnet.HRNet_w18s`, crop {args.crop}, batch 2, class-uniform 0.5, 0 loader workers, "
-             f"CPU. Peak RSS is `ru_maxrss` of the process (and its children).", "",
+             f"CPU. Peak RSS is `ru_maxrss` of the process (and its children). Training and the check cap "
+             f"GDAL's block cache at {GDAL_CACHE_MB} MiB (`GDAL_CACHEMAX`, default 5% of RAM). Read the two training "
+             "rows against each other: a raster 25x larger costs the same memory; a loader that read it whole "
+             "would add the baseline's array (and its float32 copy) to the training row.", "",
              "| what | peak RSS (MiB) | wall (s) |", "|---|---:|---:|"]
     lines += [f"| {w} | {m:.0f} | {s:.1f} |" for w, m, s in rows]
     lines += ["", f"Load average after the runs: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min); "

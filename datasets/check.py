@@ -121,11 +121,12 @@ class Checker:
         bands = image.transpose(2, 0, 1).astype(np.float64) / 255.0
         yield bands, raw, np.ones(image.shape[:2], bool)
 
-    def _raster_chunks(self, item: Item, strip: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _raster_chunks(self, item: Item, strip: int = 128) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         from rasterio.windows import Window
 
-        from datasets.raster_pairs import _open, inspect_pair
+        from datasets.raster_pairs import _open, inspect_pair, limit_gdal_cache
 
+        limit_gdal_cache()
         spec = self.spec.raster
         assert spec is not None
         pair = inspect_pair(item, spec.bands)

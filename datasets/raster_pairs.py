@@ -36,6 +36,14 @@ class RasterPair:
     nodata: float | None
 
 
+GDAL_CACHE_MB = "64"  # GDAL's block cache defaults to 5% of RAM per process (and per loader worker)
+
+
+def limit_gdal_cache() -> None:
+    """Cap GDAL's block cache unless the user set ``GDAL_CACHEMAX`` (read when GDAL first caches)."""
+    os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)
+
+
 def _open(path: Path):
     import warnings
 
@@ -106,6 +114,7 @@ class RasterDataset(torch.utils.data.Dataset):
         from datasets.transforms import TrainTransform, build_eval_transform
 
         r = require_stats(spec)
+        limit_gdal_cache()
         info = spec.info()
         self.spec, self.split, self.name, self.root = spec, split, spec.name, spec.root
         self.num_classes, self.class_names, self.palette = info.num_classes, info.class_names, info.palette
