@@ -104,7 +104,7 @@ def main() -> None:
     lines += ["", f"Load average after the runs: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min); "
               "the machine is shared, so wall times are indicative only. GPU: not measured (no GPU in this session)."]
     print("\n".join(lines))
-    write_section("raster_memory", "\n".join(lines), "python bench/raster_memory.py")
+    write_section("raster_memory", "\n".join(lines))
 
 
 if __name__ == "__main__":
