@@ -1,0 +1,134 @@
+"""export.py (ONNX, checked with onnxruntime) and deploy.quantize (int8 / fp16 report).
+
+Exports take tens of seconds each on 2 CPU cores (torch.export + onnxscript), so each graph is
+exported once per module and shared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+MSCALE, SINGLE = "ocrnet.HRNet_Mscale_w18s", "ocrnet.HRNet_w18s"
+NAMES = [f"thing_{i}" for i in range(19)]
+
+
+def _ckpt(arch: str, path: Path) -> Path:
+    from network import get_model
+
+    torch.manual_seed(0)
+    model = get_model(arch, num_classes=19)
+    info = {"name": "toy", "classes": [{"id": i, "name": n, "color": [i, 2 * i, 3 * i]} for i, n in enumerate(NAMES)],
+            "ignore_index": 255, "mean": [0.45, 0.45, 0.45], "std": [0.25, 0.25, 0.25], "bands": None}
+    torch.save({"format": "hmsa-ckpt/1", "arch": arch, "num_classes": 19, "model": model.state_dict(),
+                "dataset_info": info}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mscale_onnx(tmp_path_factory, synthetic_root) -> Path:
+    import export
+
+    d = tmp_path_factory.mktemp("mscale")
+    out = d / "m.onnx"
+    rc = export.main(["--snapshot", str(_ckpt(MSCALE, d / "best.pth")), "--out", str(out), "--scales", "0.5,1.0",
+                      "--check-images", str(synthetic_root / "leftImg8bit" / "val"), "--check-short-side", "0"])
+    assert rc == 0 and out.is_file()
+    return out
+
+
+def _ort_vs_torch(onnx_path: Path, arch: str, scales, flip: bool, size: tuple[int, int]) -> tuple[float, float]:
+    from deploy.meta import load_model
+    from deploy.onnx_export import LogitsModel, compare, session
+
+    model, _ = load_model(onnx_path.parent / "best.pth", arch)
+    x = torch.randn(3, *size)
+    row = compare(session(onnx_path), LogitsModel(model, scales, flip), [("x", x)])[0]
+    return row.max_abs_diff / max(1.0, row.max_abs_ref), row.argmax_agreement
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # exports take minutes on a loaded 2-core machine
+def test_multiscale_export_agrees_at_other_sizes_and_carries_metadata(mscale_onnx):
+    import onnx
+
+    from deploy.onnx_export import TENSORRT_OPS, read_metadata
+
+    meta = read_metadata(mscale_onnx)
+    assert json.loads(meta["class_names"]) == NAMES and json.loads(meta["palette"])[2] == [2, 4, 6]
+    assert json.loads(meta["mean"]) == [0.45] * 3 and json.loads(meta["scales"]) == [0.5, 1.0]
+    assert meta["arch"] == MSCALE and "32" in meta["input_size_rule"]
+    proto = onnx.load(str(mscale_onnx))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert {n.op_type for n in proto.graph.node} <= TENSORRT_OPS
+    for size in ((96, 160), (160, 96)):  # dynamic H/W: sizes the export never saw
+        rel, agree = _ort_vs_torch(mscale_onnx, MSCALE, (0.5, 1.0), False, size)
+        assert rel < 1e-3 and agree > 0.999, (size, rel, agree)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # exports take minutes on a loaded 2-core machine
+def test_single_scale_export_with_flip(tmp_path):
+    import export
+
+    out = tmp_path / "s.onnx"
+    assert export.main(["--snapshot", str(_ckpt(SINGLE, tmp_path / "best.pth")), "--out", str(out), "--flip"]) == 0
+    rel, agree = _ort_vs_torch(out, SINGLE, None, True, (64, 96))
+    assert rel < 1e-3 and agree > 0.999
+
+
+def test_mismatch_exits_1_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """The export itself is replaced (seconds instead of a minute): only the judging is under test."""
+    import export
+    from deploy import onnx_export as ox
+
+    monkeypatch.setattr(ox, "export", lambda model, info, out, spec: Path(out).write_bytes(b"onnx"))
+    monkeypatch.setattr(ox, "session", lambda path: None)
+    monkeypatch.setattr(ox, "compare", lambda sess, ref, images: [ox.Agreement("a.png", (64, 64), 0.5, 10.0, 0.98)])
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SystemExit) as exc:
+        export.main(["--arch", SINGLE, "--num_classes", "3", "--out", str(out)])
+    assert exc.value.code == 1 and not out.exists() and not list(tmp_path.iterdir())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "max |diff| 0.5" in err[0] and "98.0000%" in err[0] and "a.png" in err[0]
+
+
+def test_bad_flags_are_one_line_exit_2(tmp_path, capsys):
+    import export
+
+    assert export.main(["--arch", SINGLE, "--out", str(tmp_path / "m.pt")]) == 2
+    assert export.main(["--arch", SINGLE, "--out", str(tmp_path / "m.onnx"), "--scales", "0.5,2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--out" in err[0] and "1.0" in err[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # exports take minutes on a loaded 2-core machine
+def test_quantize_int8_fp16_report(mscale_onnx, synthetic_root, tmp_path):
+    import onnx
+
+    from deploy.onnx_export import TENSORRT_OPS, session
+    from deploy.quantize import main
+
+    rc = main(["--onnx", str(mscale_onnx), "--calib", str(synthetic_root / "leftImg8bit" / "train"),
+               "--calib-count", "4", "--dataset", "synthetic", "--dataset_root", str(synthetic_root),
+               "--val-count", "2", "--repeats", "2", "--out-dir", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "quantize_report.json").read_text())
+    rows = {r["precision"]: r for r in report["rows"]}
+    assert set(rows) == {"fp32", "fp16", "int8"} and rows["fp32"]["miou_loss_points"] == 0.0
+    for r in rows.values():
+        assert 0.0 <= r["miou"] <= 1.0 and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"]
+    int8 = onnx.load(str(tmp_path / "m.int8.onnx"))
+    ops = {n.op_type for n in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops <= TENSORRT_OPS
+    assert rows["int8"]["mib"] < 0.5 * rows["fp32"]["mib"] and rows["fp16"]["mib"] < 0.6 * rows["fp32"]["mib"]
+    # fp16 keeps the size arithmetic in fp32: an odd size at scale 0.5 still runs and agrees
+    x = torch.randn(1, 3, 96, 160).numpy()
+    ref, half = (session(p).run(["logits"], {"image": x})[0] for p in (mscale_onnx, tmp_path / "m.fp16.onnx"))
+    assert half.shape == ref.shape and (half.argmax(1) == ref.argmax(1)).mean() > 0.95
+    assert np.isfinite(half).all()
