@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--scales", default="1.0", help="scales of Mscale models (e.g. 0.5,1.0)")
     a("--repeats", type=int, default=5, help="timed runs per measurement")
     a("--threads", type=int, default=None, help="OMP_NUM_THREADS for the children")
+    a("--section", default=None, help="RESULTS.md section to write (default latency_<device>)")
     a("--no-write", action="store_true", help="print only, do not update bench/RESULTS.md")
     a("--child", help=argparse.SUPPRESS)
     return p
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         from bench._results import write_section
 
-        write_section(f"latency_{args.device}", body, command="python -m bench.latency " + " ".join(sys.argv[1:]))
+        write_section(args.section or f"latency_{args.device}", body, command="python -m bench.latency " + " ".join(sys.argv[1:]))
     failed = [r for r in results if "error" in r[3]]
     return 1 if failed else 0
 

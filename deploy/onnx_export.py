@@ -19,9 +19,11 @@ op. Every op is checked against :data:`TENSORRT_OPS` after export.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,15 +90,32 @@ def export(model: nn.Module, info: ModelInfo, out: Path, spec: ExportSpec) -> Lo
     x = torch.randn(1, info.in_channels, *spec.example_size)
     side = {"min": spec.min_side, "max": 16384}
     dims = {"image": {2: Dim("height", **side), 3: Dim("width", **side)}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's own deprecation/version-converter chatter
+    with warnings.catch_warnings(), torch.no_grad(), _quiet("torch.onnx", "onnxscript"):
+        warnings.simplefilter("ignore")  # the exporter's notes on opset 18 -> 17 conversion; checked below
         torch.onnx.export(fast, (x,), str(out), dynamo=True, opset_version=spec.opset, input_names=[INPUT],
                           output_names=[OUTPUT], dynamic_shapes=dims, external_data=False, verbose=False)
     proto = onnx.load(str(out))
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset != spec.opset:
+        raise ExportError(f"--opset {spec.opset}: the exporter could only write opset {opset}; "
+                          f"pass --opset {opset} if your runtime accepts it")
     _add_metadata(proto, info, spec)
     onnx.save(proto, str(out))
     check(out)
     return fast
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """Raise ``loggers`` to ERROR for the block (the exporter logs warnings it then resolves)."""
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _add_metadata(proto: Any, info: ModelInfo, spec: ExportSpec) -> None:
