@@ -75,7 +75,7 @@ def _torch_runner(arch: str, runtime: str, precision: str, device: str, size, sc
     return run
 
 
-def _ort_runner(onnx_path: str, device: str, size):
+def _ort_runner(onnx_path: str, size):
     import numpy as np
 
     from deploy.onnx_export import INPUT, OUTPUT, session
@@ -86,6 +86,17 @@ def _ort_runner(onnx_path: str, device: str, size):
 
 
 def _rss_mb() -> float:
+    """Peak RSS of this process since its exec, MiB.
+
+    ``ru_maxrss`` survives ``execve`` on Linux, so a child of a big parent (the bench after an
+    export) would report the parent's peak; ``VmHWM`` belongs to the new address space.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -98,7 +109,7 @@ def child(spec: dict) -> dict:
 
     size, device = tuple(spec["size"]), spec["device"]
     if spec["runtime"] == "onnxruntime":
-        run = _ort_runner(spec["onnx"], device, size)
+        run = _ort_runner(spec["onnx"], size)
     else:
         run = _torch_runner(spec["arch"], spec["runtime"], spec["precision"], device, size, spec["scales"])
     if device == "cuda":
@@ -210,6 +221,7 @@ def measure_all(args: argparse.Namespace, archs: list[str], precisions: list[str
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if str(REPO) not in sys.path:  # also runnable as `python bench/latency.py`
         sys.path.insert(0, str(REPO))
@@ -238,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         from bench._results import write_section
 
-        write_section(args.section or f"latency_{args.device}", body, command="python -m bench.latency " + " ".join(sys.argv[1:]))
+        command = "python -m bench.latency " + " ".join(argv)
+        write_section(args.section or f"latency_{args.device}", body, command=command)
     failed = [r for r in results if "error" in r[3]]
     return 1 if failed else 0
 

@@ -1,10 +1,10 @@
 """What a deployed model needs besides its weights, read from the checkpoint.
 
 Checkpoints written by ``train.py`` carry ``dataset_info`` (class names, colours, mean/std,
-bands; see ``datasets.dataset_info``). Older checkpoints and the reference's published
-``.pth`` files do not: then the class count comes from the checkpoint (or its classifier's
-shape) and names, colours and ImageNet mean/std are the project's defaults
-(``datasets.folder.default_class_names`` / ``default_palette``).
+bands; ``datasets.DatasetInfo``). For older checkpoints and the reference's published
+``.pth`` files the class count comes from the checkpoint (or its classifier's shape) and
+``datasets.info.info_for_checkpoint`` supplies the project's one fallback (Cityscapes' table
+for 19 classes, else ``class_0..`` in generated colours, ImageNet mean/std).
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ class DeployError(UserError, ValueError):
     """A deploy command asked for something that cannot be done; the message names the flag and fix."""
 
 
+def _rgb(colour: Sequence[Any]) -> tuple[int, int, int]:
+    r, g, b = (int(v) for v in colour)
+    return r, g, b
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Architecture, classes and preprocessing of a trained model (``source``: where they came from)."""
@@ -45,13 +50,19 @@ class ModelInfo:
     ignore_index: int = 255
     source: str = "checkpoint dataset_info"
 
+    @classmethod
+    def from_dataset_info(cls, arch: str, info: Any, source: str) -> ModelInfo:
+        """From a ``datasets.DatasetInfo``."""
+        return cls(arch, info.num_classes, tuple(info.class_names), tuple(_rgb(c) for c in info.palette.tolist()),
+                   tuple(info.mean), tuple(info.std), info.bands, info.ignore_index, source)
+
     @property
     def palette_array(self) -> np.ndarray:
         return np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
 
     @property
     def in_channels(self) -> int:
-        return len(self.mean)
+        return len(self.bands) if self.bands is not None else 3
 
     def metadata(self) -> dict[str, str]:
         """String key/values for an ONNX file's ``metadata_props`` (JSON where structured)."""
@@ -63,25 +74,11 @@ class ModelInfo:
                 "ignore_index": str(self.ignore_index), "metadata_source": self.source}
 
 
-def _rgb(colour: Sequence[Any]) -> tuple[int, int, int]:
-    r, g, b = (int(v) for v in colour)
-    return r, g, b
-
-
-def _classes_from_dataset_info(d: Mapping[str, Any]) -> tuple[list[str], list[tuple[int, int, int]]]:
-    """Names and colours from ``DatasetInfo.to_dict()`` (through ``from_dict`` when it exists)."""
-    try:
-        from datasets.info import DatasetInfo  # type: ignore[import-not-found]
-    except ImportError:  # a checkout from before datasets.info: read the documented dict keys
-        classes = sorted(d["classes"], key=lambda c: int(c["id"]))
-        return [str(c["name"]) for c in classes], [_rgb(c["color"]) for c in classes]
-    info = DatasetInfo.from_dict(dict(d))
-    return list(info.class_names), [_rgb(c) for c in np.asarray(info.palette)]
-
-
 def _num_classes(ckpt: Mapping[str, Any]) -> int | None:
     if ckpt.get("num_classes"):
         return int(ckpt["num_classes"])
+    if isinstance(ckpt.get("dataset_info"), Mapping):
+        return len(ckpt["dataset_info"].get("classes") or []) or None
     from network.checkpoint import extract_state_dict
 
     weight = extract_state_dict(ckpt).get(CLASSIFIER_KEY)
@@ -90,6 +87,7 @@ def _num_classes(ckpt: Mapping[str, Any]) -> int | None:
 
 def model_info(ckpt: Mapping[str, Any], arch: str | None = None, num_classes: int | None = None) -> ModelInfo:
     """:class:`ModelInfo` of a checkpoint dict; ``arch``/``num_classes`` fill in what it lacks."""
+    from datasets.info import info_for_checkpoint
     from network.checkpoint import CheckpointError
 
     saved_arch = ckpt.get("arch")
@@ -103,18 +101,13 @@ def model_info(ckpt: Mapping[str, Any], arch: str | None = None, num_classes: in
     n = num_classes or _num_classes(ckpt)
     if not n:
         raise CheckpointError("the checkpoint records no class count: pass --num_classes")
-    d = ckpt.get("dataset_info")
-    if isinstance(d, Mapping) and d.get("classes"):
-        names, colours = _classes_from_dataset_info(d)
-        bands = d.get("bands")
-        return ModelInfo(arch, n, tuple(names), tuple(colours), tuple(d.get("mean", IMAGENET_MEAN)),
-                         tuple(d.get("std", IMAGENET_STD)), tuple(bands) if bands is not None else None,
-                         int(d.get("ignore_index", 255)))
-    from datasets.folder import default_class_names, default_palette
-
-    return ModelInfo(arch, n, tuple(default_class_names(n)),
-                     tuple(_rgb(c) for c in default_palette(n)),
-                     source="defaults (the checkpoint has no dataset_info)")
+    recorded = bool(ckpt.get("dataset_info"))
+    info = info_for_checkpoint(ckpt, num_classes=None if recorded else n)
+    if info.num_classes != n:
+        raise CheckpointError(f"--num_classes {n} but the checkpoint's dataset_info lists {info.num_classes} "
+                              "classes: omit --num_classes")
+    source = "checkpoint dataset_info" if recorded else "defaults (the checkpoint has no dataset_info)"
+    return ModelInfo.from_dataset_info(arch, info, source)
 
 
 def load_model(snapshot: str | Path | None, arch: str | None = None, num_classes: int | None = None,
@@ -124,15 +117,12 @@ def load_model(snapshot: str | Path | None, arch: str | None = None, num_classes
     ``snapshot`` may be a project checkpoint, slim ``.safetensors`` weights or the reference's
     ``.pth``; ``None`` builds random weights (needs ``arch`` and ``num_classes``; demos only).
     """
-    from network import get_model, load_checkpoint
-    from network.checkpoint import read_checkpoint
+    from network.checkpoint import build_model, read_checkpoint
 
     ckpt: dict[str, Any] = read_checkpoint(snapshot) if snapshot else {"num_classes": num_classes or 19}
     info = model_info(ckpt, arch, num_classes)
-    model = get_model(info.arch, num_classes=info.num_classes, trunk_weights=None,
-                      eval_scales=tuple(eval_scales) if eval_scales else None)
-    if snapshot:
-        load_checkpoint(model, ckpt)
+    model = build_model(info.arch, info.num_classes, ckpt if snapshot else None, trunk_weights=None,
+                        eval_scales=tuple(eval_scales) if eval_scales else None)
     return model.eval(), info
 
 

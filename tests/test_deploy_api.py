@@ -18,9 +18,11 @@ MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
 
 def _dataset_info() -> dict:
-    """``DatasetInfo.to_dict()`` as the shared contract (COMMON.md) writes it."""
-    return {"name": "toy", "classes": [{"id": i, "name": n, "color": c} for i, (n, c) in enumerate(CLASSES)],
-            "ignore_index": 255, "root_env": None, "mean": MEAN, "std": STD, "bands": None}
+    """What train.py records: ``DatasetInfo.to_dict()``."""
+    from datasets.info import DatasetInfo
+
+    return DatasetInfo.from_table("toy", [n for n, _ in CLASSES], np.array([c for _, c in CLASSES], np.uint8),
+                                  mean=tuple(MEAN), std=tuple(STD)).to_dict()
 
 
 @pytest.fixture(scope="module")

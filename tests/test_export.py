@@ -18,12 +18,13 @@ NAMES = [f"thing_{i}" for i in range(19)]
 
 
 def _ckpt(arch: str, path: Path) -> Path:
+    from datasets.info import DatasetInfo
     from network import get_model
 
     torch.manual_seed(0)
     model = get_model(arch, num_classes=19)
-    info = {"name": "toy", "classes": [{"id": i, "name": n, "color": [i, 2 * i, 3 * i]} for i, n in enumerate(NAMES)],
-            "ignore_index": 255, "mean": [0.45, 0.45, 0.45], "std": [0.25, 0.25, 0.25], "bands": None}
+    palette = np.array([[i, 2 * i, 3 * i] for i in range(19)], np.uint8)
+    info = DatasetInfo.from_table("toy", NAMES, palette, mean=(0.45,) * 3, std=(0.25,) * 3).to_dict()
     torch.save({"format": "hmsa-ckpt/1", "arch": arch, "num_classes": 19, "model": model.state_dict(),
                 "dataset_info": info}, path)
     return path
@@ -86,9 +87,9 @@ def test_mismatch_exits_1_with_one_line_and_writes_nothing(tmp_path, capsys, mon
     import export
     from deploy import onnx_export as ox
 
-    monkeypatch.setattr(ox, "export", lambda model, info, out, spec: Path(out).write_bytes(b"onnx"))
-    monkeypatch.setattr(ox, "session", lambda path: None)
-    monkeypatch.setattr(ox, "compare", lambda sess, ref, images: [ox.Agreement("a.png", (64, 64), 0.5, 10.0, 0.98)])
+    monkeypatch.setattr(ox, "export", lambda *args: Path(args[2]).write_bytes(b"onnx"))
+    monkeypatch.setattr(ox, "session", lambda *_: None)
+    monkeypatch.setattr(ox, "compare", lambda *_: [ox.Agreement("a.png", (64, 64), 0.5, 10.0, 0.98)])
     out = tmp_path / "m.onnx"
     with pytest.raises(SystemExit) as exc:
         export.main(["--arch", SINGLE, "--num_classes", "3", "--out", str(out)])
