@@ -81,7 +81,7 @@ def time_dry_run(repeats: int = 5) -> dict[str, float]:
                               capture_output=True, text=True, check=True)
         cli_s = time.perf_counter() - t0
         # one array script (with 20 task comments) and 1,000 task lines
-        assert done.stdout.count("#!/bin/bash") == 1 and done.stdout.count(" python train.py --lr") == 1020
+        assert done.stdout.count("#!/bin/bash") == 1 and done.stdout.count(" python train.py --") == 1020
     return {"runs": len(plans), "expand_s": statistics.median(expand_s), "check_s": statistics.median(check_s),
             "dry_run_s": statistics.median(dry_s), "text_mb": size / 1e6, "cli_s": cli_s}
 
