@@ -282,9 +282,10 @@ def _unknown_flag_error(unknown: Sequence[str], parser: argparse.ArgumentParser)
     return ConfigError("; ".join(msgs))
 
 
-def parse_config(argv: Sequence[str] | None = None) -> Config:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) into a validated :class:`Config`."""
-    parser = build_parser()
+def parse_config(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> Config:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into a validated :class:`Config`; ``parser``:
+    one from :func:`build_parser` to reuse (checking 1,000 runs builds it once)."""
+    parser = parser or build_parser()
     ns, unknown = parser.parse_known_args(argv)
     if unknown:
         raise _unknown_flag_error(unknown, parser)

@@ -7,6 +7,8 @@ does (imported only when a run calls predict.py).
 
 from __future__ import annotations
 
+import argparse
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -18,10 +20,17 @@ class FlagError(ExperimentError):
     """One or more runs have flags their program refuses; one line per bad run."""
 
 
+@functools.cache
+def _train_parser() -> argparse.ArgumentParser:
+    from config import build_parser
+
+    return build_parser()
+
+
 def _check_train(args: Sequence[str]) -> None:
     from config import parse_config
 
-    parse_config(list(args))
+    parse_config(list(args), parser=_train_parser())  # building the parser is most of the cost
 
 
 def _check_predict(args: Sequence[str]) -> None:
