@@ -8,6 +8,7 @@ script Slurm received) and ``slurm.log`` (a link to the job's output).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shlex
 import shutil
@@ -16,8 +17,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from datasets.info import root_env_vars
 
 from .expand import Run
 from .resources import FarmSpec, submitit_parameters
@@ -28,7 +27,15 @@ LAUNCHERS = {"torchrun", "torch.distributed.run", "torch.distributed.launch"}
 _LAUNCHER_FLAGS = {"--standalone", "--no_python", "--no-python", "--run_path", "--run-path",
                    "--module", "-m", "--use_env", "--use-env"}
 # the data a job reads: every dataset's root variable (datasets/info.py) and the asset paths
-DATA_ENV = (*root_env_vars(), "ASSETS_PATH", "DATA_ROOT")
+
+
+@functools.cache
+def data_env() -> tuple[str, ...]:
+    """Every dataset's root variable plus ASSETS_PATH, DATA_ROOT (bound into containers). Lazy:
+    reading the dataset registry imports torch, which ``status``/``cancel``/``init`` never need."""
+    from datasets.info import root_env_vars
+
+    return (*root_env_vars(), "ASSETS_PATH", "DATA_ROOT")
 
 
 class LaunchError(RuntimeError):
@@ -83,7 +90,7 @@ def container_argv(argv: Sequence[str], spec: FarmSpec, *, binds: Sequence[str],
     if bad:
         raise LaunchError(f"bind path {bad[0]!r} contains ',' or ':', which Apptainer's --bind reads as "
                           "separators; rename it or bind a parent directory (resource binds, LOGROOT, "
-                          f"{'/'.join(DATA_ENV)})")
+                          f"{'/'.join(data_env())})")
     cmd = [spec.container_runtime, "exec"]
     cmd += ["--nv"] if spec.container_nv and spec.gpus_per_node > 0 else []  # no GPU, no driver to bind
     cmd += ["--bind", ",".join(uniq)] if uniq else []
@@ -91,7 +98,7 @@ def container_argv(argv: Sequence[str], spec: FarmSpec, *, binds: Sequence[str],
 
 
 def default_binds(logroot: str, spec: FarmSpec, environ: dict[str, str]) -> list[str]:
-    data = [environ[k] for k in DATA_ENV if environ.get(k)]
+    data = [environ[k] for k in data_env() if environ.get(k)]
     return [logroot, *data, *spec.binds]
 
 
