@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 
 from config import Config, ConfigError, check_resume, expand_assets, parse_config, save_config
 from datasets.info import DatasetInfo, dataset_info
-from datasets.loading import ResumableSampler, SeededDataset, ShardSampler, mix_seed, seed_all
+from datasets.loading import SeededDataset, ShardSampler, mix_seed, seed_all
+from datasets.sampler import ClassUniformSampler
 from network import checkpoint as ckpt_io
 from utils.amp import Precision, prepare_model, resolve_precision
 from utils.dist import (
@@ -53,8 +54,7 @@ from utils.signals import EXIT_REQUEUE, StartupStop, StopRequest, ignore_stop_si
 @dataclass
 class State:
     epoch: int = 0  # epoch in progress (or next to start)
-    iteration: int = 0  # optimizer steps done
-    consumed: int = 0  # samples this rank consumed in `epoch`
+    iteration: int = 0  # optimizer steps done (the position inside `epoch` is the sampler's)
     best_miou: float = -1.0
 
 
@@ -72,7 +72,7 @@ class Run:
     scheduler: Any = None
     scaler: Any = None
     train_loader: DataLoader | None = None
-    sampler: ResumableSampler | None = None
+    sampler: ClassUniformSampler | None = None
     val_loader: DataLoader | None = None
     val_ds: Any = None
     logger: RunLogger | None = None
@@ -121,13 +121,13 @@ def build_datasets(cfg: Config, train: bool) -> tuple[Any, Any]:
     return train_ds, val_ds
 
 
-def build_train_loader(cfg: Config, info: DistInfo, train_ds: Any) -> tuple[DataLoader, ResumableSampler]:
+def build_train_loader(cfg: Config, info: DistInfo, train_ds: Any) -> tuple[DataLoader, ClassUniformSampler]:
     from datasets import build_sampler
 
-    inner = build_sampler(train_ds, class_uniform_pct=cfg.data.class_uniform_pct,
-                          class_uniform_tile=cfg.data.class_uniform_tile, num_replicas=info.world_size,
-                          rank=info.rank, seed=cfg.train.seed, shuffle=True, cache_dir=cfg.data.centroid_cache)
-    sampler = ResumableSampler(inner)
+    sampler = build_sampler(train_ds, class_uniform_pct=cfg.data.class_uniform_pct,
+                            class_uniform_tile=cfg.data.class_uniform_tile, num_replicas=info.world_size,
+                            rank=info.rank, seed=cfg.train.seed, shuffle=True, cache_dir=cfg.data.centroid_cache)
+    # SeededDataset.set_epoch before each epoch's iteration: workers are not persistent
     loader = DataLoader(SeededDataset(train_ds, cfg.train.seed), batch_size=cfg.data.bs_trn, sampler=sampler,
                         num_workers=cfg.data.num_workers, drop_last=True, pin_memory=info.device.type == "cuda",
                         worker_init_fn=ignore_stop_signals)
@@ -253,9 +253,10 @@ def train_step(run: Run, batches: Any) -> torch.Tensor:
 def train_one_epoch(run: Run, epoch: int) -> bool:
     """Train from the epoch's current position; True when stopped by a signal."""
     cfg, st, info = run.cfg, run.state, run.info
-    run.sampler.set_epoch(epoch, start=st.consumed)
-    if cfg.data.class_uniform_pct and hasattr(run.sampler.inner, "class_uniform_pct"):
-        run.sampler.inner.class_uniform_pct = cfg.data.class_uniform_pct if epoch < cfg.train.max_cu_epoch else 0.0
+    run.sampler.set_epoch(epoch)  # keeps a restored position inside this epoch
+    run.train_loader.dataset.set_epoch(epoch)
+    if cfg.data.class_uniform_pct:
+        run.sampler.class_uniform_pct = cfg.data.class_uniform_pct if epoch < cfg.train.max_cu_epoch else 0.0
     run.model.train()
     per_step = cfg.data.bs_trn * run.accum
     steps = min(len(run.sampler) // per_step, run.total_iters - st.iteration)
@@ -264,7 +265,7 @@ def train_one_epoch(run: Run, epoch: int) -> bool:
     for _ in bar:
         loss = train_step(run, batches)
         st.iteration += 1
-        st.consumed += per_step
+        run.sampler.advance(per_step)
         if st.iteration % cfg.train.log_freq == 0 or st.iteration == run.total_iters:
             value, lr = float(mean_over_ranks(loss)), run.optimizer.param_groups[0]["lr"]
             rates = run.progress.report(st.iteration, epoch, cfg.train.max_epoch, value, lr, bar)
@@ -283,16 +284,10 @@ def save(run: Run, name: str) -> None:
         ckpt = ckpt_io.build_checkpoint(
             model=run.net, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
             epoch=st.epoch, iteration=st.iteration, best_miou=st.best_miou, device=run.info.device,
-            sampler={"epoch": st.epoch, "consumed": st.consumed, "world_size": run.info.world_size,
-                     "state": _sampler_state(run)}, config=run.cfg.to_dict(), dataset_info=run.data.to_dict())
+            sampler=run.sampler.state_dict(), config=run.cfg.to_dict(), dataset_info=run.data.to_dict())
         ckpt["monitor"] = run.monitor.state_dict()
         ckpt_io.save_checkpoint(ckpt, run.cfg.train.result_dir, name)
     barrier()
-
-
-def _sampler_state(run: Run) -> Any:
-    inner = run.sampler.inner if run.sampler else None
-    return inner.state_dict() if hasattr(inner, "state_dict") else None
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
@@ -301,16 +296,8 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.scheduler.load_state_dict(ckpt["scheduler"])
     if run.scaler is not None and ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
-    s = ckpt["sampler"]
-    if s.get("world_size", 1) != run.info.world_size and s["consumed"]:
-        warnings.warn(f"resuming mid-epoch with world size {run.info.world_size} instead of "
-                      f"{s['world_size']}: the rest of epoch {s['epoch']} is skipped", stacklevel=2)
-        s = {**s, "epoch": s["epoch"] + 1, "consumed": 0}
-    if s.get("state") is not None and hasattr(run.sampler.inner, "load_state_dict"):
-        run.sampler.inner.load_state_dict(s["state"])
-    if hasattr(run.sampler.inner, "start_index"):
-        run.sampler.inner.start_index = 0  # ResumableSampler does the skipping
-    run.state = State(epoch=s["epoch"], iteration=int(ckpt["iteration"]), consumed=s["consumed"],
+    run.sampler.load_state_dict(ckpt["sampler"])  # the position; another world size keeps the global one
+    run.state = State(epoch=int(ckpt["epoch"]), iteration=int(ckpt["iteration"]),
                       best_miou=float(ckpt.get("best_miou", -1.0)))
     ckpt_io.restore_rng(ckpt["rng"], run.info.device)
     run.monitor.load_state_dict(ckpt.get("monitor"))
@@ -421,10 +408,10 @@ def run_training(run: Run, train_ds: Any, ckpt: dict[str, Any] | None) -> int:
     cfg, info = run.cfg, run.info
     run.train_loader, run.sampler = build_train_loader(cfg, info, train_ds)
     run.accum = _accum_steps(cfg, info)
-    steps = len(run.sampler.inner) // (cfg.data.bs_trn * run.accum)
+    steps = run.sampler.num_samples // (cfg.data.bs_trn * run.accum)
     if steps < 1:
         raise ConfigError(f"--bs_trn {cfg.data.bs_trn} x accumulation {run.accum} exceeds the "
-                          f"{len(run.sampler.inner)} training samples per process")
+                          f"{run.sampler.num_samples} training samples per process")
     run.total_iters = min(cfg.train.max_iter or 10**12, cfg.train.max_epoch * steps)
     run.criterion = _build_criterion(cfg, train_ds)
     run.optimizer = build_optimizer(cfg.optim.optimizer, run.model.parameters(), cfg.optim.lr,
@@ -448,15 +435,16 @@ def run_training(run: Run, train_ds: Any, ckpt: dict[str, Any] | None) -> int:
 def _epochs(run: Run) -> int:
     cfg, st = run.cfg, run.state
     with run.stop:
-        # consumed > 0: a checkpoint taken inside the last epoch (even at its final iteration)
-        # still owes that epoch's close: validation, best.pth and the final metrics
-        while st.epoch < cfg.train.max_epoch and (st.iteration < run.total_iters or st.consumed > 0):
+        # a position inside the epoch: a checkpoint taken inside the last epoch (even at its final
+        # iteration) still owes that epoch's close: validation, best.pth and the final metrics
+        while st.epoch < cfg.train.max_epoch and (st.iteration < run.total_iters or run.sampler.start_index > 0):
             if train_one_epoch(run, st.epoch):
                 save(run, ckpt_io.LAST)
                 _say(run.info, f"stopped by signal {run.stop.signum} at iteration {st.iteration}; "
                      f"wrote last.pth, exit {EXIT_REQUEUE}")
                 return EXIT_REQUEUE
-            epoch, st.epoch, st.consumed = st.epoch, st.epoch + 1, 0
+            epoch, st.epoch = st.epoch, st.epoch + 1
+            run.sampler.set_epoch(st.epoch)  # position 0 of the next epoch, as checkpointed below
             done = st.epoch >= cfg.train.max_epoch or st.iteration >= run.total_iters
             if done or (epoch + 1) % cfg.train.val_freq == 0:
                 validate(run, epoch)

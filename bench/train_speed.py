@@ -42,7 +42,7 @@ def _build(argv: list[str]):
     precision = resolve_precision(cfg.amp_level, info.device)
     train_ds, val_ds = train.build_datasets(cfg, train=True)
     model, net = train.place_model(cfg, train.build_model(cfg, val_ds.num_classes), info, precision)
-    run = train.Run(cfg, info, precision, model, net, val_ds=val_ds,
+    run = train.Run(cfg, info, precision, model, net, train.dataset_info(cfg.data.dataset), val_ds=val_ds,
                     val_loader=train.build_val_loader(cfg, info, val_ds))
     run.train_loader, run.sampler = train.build_train_loader(cfg, info, train_ds)
     run.criterion = train._build_criterion(cfg, train_ds)
@@ -55,6 +55,7 @@ def _batches(run):
     epoch = 0
     while True:
         run.sampler.set_epoch(epoch)
+        run.train_loader.dataset.set_epoch(epoch)
         yield from run.train_loader
         epoch += 1
 

@@ -1,16 +1,15 @@
 """Loader glue that makes a run reproducible and resumable mid-epoch.
 
-- :class:`ResumableSampler` wraps the dataset's sampler: it skips the samples this rank
-  already consumed in the epoch (after a resume) and yields ``(epoch, key)``.
 - :class:`SeededDataset` seeds Python, NumPy and torch from ``(seed, epoch, key)`` before
   each sample's augmentation, so a sample's crop/flip/jitter do not depend on which worker
-  loads it, on the number of workers or ranks, or on where the run was interrupted.
+  loads it, on the number of workers or ranks, or on where the run was interrupted. The
+  position inside an epoch is the sampler's (``datasets.sampler.ClassUniformSampler``).
+- :class:`ShardSampler`: evaluation shards.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -38,38 +37,28 @@ def seed_cpu(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
 
 
-class ResumableSampler(Sampler):
-    def __init__(self, inner: Sampler):
-        self.inner = inner
-        self.epoch = 0
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-        if hasattr(self.inner, "set_epoch"):
-            self.inner.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[tuple[int, Any]]:
-        for key in itertools.islice(iter(self.inner), self.start, None):
-            yield self.epoch, key
-
-    def __len__(self) -> int:
-        return max(len(self.inner) - self.start, 0)
-
-
 class SeededDataset(Dataset):
+    """``dataset[key]`` with its augmentation seeded from ``(seed, epoch, key)``.
+
+    Call :meth:`set_epoch` before iterating a DataLoader over it: workers copy the dataset
+    when an iteration starts (``persistent_workers`` must stay off).
+    """
+
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset = dataset
         self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: tuple[int, Any]) -> Any:
-        epoch, key = item
+    def __getitem__(self, key: Any) -> Any:
         in_main = torch.utils.data.get_worker_info() is None
         saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if in_main else None
-        seed_cpu(mix_seed(self.seed, epoch, _plain(key)))  # augmentation draws on the CPU streams
+        seed_cpu(mix_seed(self.seed, self.epoch, _plain(key)))  # augmentation draws on the CPU streams
         try:
             return self.dataset[key]
         finally:

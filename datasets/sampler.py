@@ -34,6 +34,9 @@ Key = int | tuple[int, tuple[int, int]]
 class ClassUniformSampler(torch.utils.data.Sampler):
     """Deterministic per ``(seed, epoch)``; resumable mid-epoch through ``start_index``.
 
+    ``start_index`` is the number of this rank's samples of the epoch already consumed: the
+    trainer counts them with :meth:`advance`, checkpoints them with :meth:`state_dict` and
+    restores them with :meth:`load_state_dict` (the one record of a run's position).
     ``set_epoch(e)`` with a new epoch resets ``start_index`` to 0; calling it
     with the epoch restored by :meth:`load_state_dict` keeps the position.
     """
@@ -91,8 +94,13 @@ class ClassUniformSampler(torch.utils.data.Sampler):
         return max(self.num_samples - self.start_index, 0)
 
     def __iter__(self) -> Iterator[Key]:
+        """This rank's rest of the epoch, fixed when the iteration starts (``advance`` does not move it)."""
         plan = self.epoch_plan(self.epoch)
         return iter(plan[self.rank::self.num_replicas][self.start_index:])
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more of this rank's samples of the epoch as consumed (after a training step)."""
+        self.start_index = min(self.start_index + n, self.num_samples)
 
     # -- centroids -------------------------------------------------------
     def centroids_by_class(self) -> list[np.ndarray]:
@@ -125,17 +133,23 @@ class ClassUniformSampler(torch.utils.data.Sampler):
 
     # -- checkpointing -------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "start_index": self.start_index, "seed": self.seed,
+        """``consumed``: this rank's samples of ``epoch`` already consumed (``start_index``)."""
+        return {"epoch": self.epoch, "consumed": self.start_index, "seed": self.seed,
                 "class_uniform_pct": self._pct, "num_replicas": self.num_replicas, "n": self.n}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore epoch, position and seed. A different ``num_replicas`` keeps the global position."""
+        """Restore epoch, position and seed (``start_index`` is read as ``consumed`` too).
+
+        World-size policy (docs/INTERFACES.md): a different ``num_replicas`` keeps the global
+        position, rounded down to a multiple of the new world size.
+        """
         if state.get("n", self.n) != self.n:
             raise ValueError(f"sampler state is for a dataset of {state['n']} items, this one has {self.n}")
         self.epoch = int(state["epoch"])
         self.seed = int(state.get("seed", self.seed))
         self.class_uniform_pct = float(state.get("class_uniform_pct", self._pct))
-        consumed = int(state.get("start_index", 0)) * int(state.get("num_replicas", self.num_replicas))
+        mine = int(state.get("start_index", state.get("consumed", 0)))
+        consumed = mine * int(state.get("num_replicas", self.num_replicas))
         self.start_index = min(consumed // self.num_replicas, self.num_samples)
 
 
