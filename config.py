@@ -18,7 +18,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from utils import reference_flags
 from utils.errors import UserError
@@ -30,15 +30,29 @@ DEVICES = ("auto", "cpu", "cuda")
 MONITOR_METRICS = ("miou", "pixel_acc", "mean_class_acc", "fwiou")  # higher is better
 
 
+T = TypeVar("T")
+
+
 class ConfigError(UserError, ValueError):
     """A flag is unknown or has a bad value; the message names the flag."""
 
 
-def _f(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field that carries its command-line help."""
+def flag(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any:
+    """A dataclass field that carries its command-line help (no default: a required flag).
+
+    ``meta``: ``choices``; ``flag`` (the flag's name when it differs from the field's);
+    ``aliases`` (more flag names); ``negate`` (a bool defaulting to True, switched off by
+    ``--no_<name>``); ``required`` (required on the command line despite a default).
+    :func:`add_arguments` turns such fields into argparse arguments.
+    """
     if isinstance(default, (list, dict, set)):
         raise TypeError("use immutable defaults")
+    if not help:
+        raise TypeError("every flag needs its help text")
     return field(default=default, metadata={"help": help, **meta})
+
+
+_f = flag  # the short name the config sections use
 
 
 @dataclass
@@ -116,7 +130,7 @@ class TrainConfig:
     apex: bool = _f(False, "accepted for the reference's YAMLs: native AMP/DDP, apex unused")
     global_batch_size: int | None = _f(None, "global batch; gradient accumulation fills it")
     device: str = _f("auto", "auto, cpu, cuda", choices=DEVICES)
-    local_rank: int = _f(0, "set by torch.distributed.launch; LOCAL_RANK wins")
+    local_rank: int = _f(0, "set by torch.distributed.launch; LOCAL_RANK wins", aliases=("--local-rank",))
     log_freq: int = _f(10, "TensorBoard scalars every N steps")
     monitor: str = _f("miou", "validation metric for best.pth, --save_top_k, --early_stop_patience",
                       choices=MONITOR_METRICS)
@@ -155,7 +169,6 @@ class EvalConfig:
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,
             "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig}
-ALIASES = {"local_rank": ("--local-rank",)}
 
 
 @dataclass
@@ -238,28 +251,43 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
+    """One argparse argument per field of dataclass ``cls`` (fields made with :func:`flag`)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f.metadata.get("flag", f.name)
+        tp, _ = _unwrap_optional(hints[f.name])
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"]}
+        if f.default is dataclasses.MISSING or f.metadata.get("required"):
+            kwargs["required"] = True
+        if f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        if tp is bool:
+            kwargs["action"] = "store_false" if f.metadata.get("negate") else "store_true"
+            if f.metadata.get("negate"):
+                name, kwargs["help"] = f"no_{name}", f"switch off: {kwargs['help']}"
+        elif typing.get_origin(tp) is tuple:
+            kwargs["type"] = _comma_parser(name, typing.get_args(tp)[0], f.name == "crop_size")
+            kwargs["metavar"] = "A,B,..."
+        else:
+            kwargs["type"] = tp
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(f"--{name}", *f.metadata.get("aliases", ()), **kwargs)
+
+
+def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
+    """The dataclass ``cls`` from the parsed arguments :func:`add_arguments` added."""
+    values = vars(ns)
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})  # type: ignore[call-arg]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser generated from the dataclass fields (one flag per field)."""
     parser = _Parser(prog="train.py", description="HMSA semantic segmentation: train / evaluate",
                      allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for section, cls in SECTIONS.items():
-        group = parser.add_argument_group(section)
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            names = [f"--{f.name}", *ALIASES.get(f.name, ())]
-            tp, _ = _unwrap_optional(hints[f.name])
-            kwargs: dict[str, Any] = {"dest": f.name, "default": f.default,
-                                      "help": f.metadata["help"]}
-            if tp is bool:
-                kwargs["action"] = "store_true"
-            elif typing.get_origin(tp) is tuple:
-                kwargs["type"] = _comma_parser(f.name, typing.get_args(tp)[0], f.name == "crop_size")
-                kwargs["metavar"] = "A,B,..."
-            else:
-                kwargs["type"] = tp
-                if "choices" in f.metadata:
-                    kwargs["choices"] = f.metadata["choices"]
-            group.add_argument(*names, **kwargs)
+        add_arguments(parser.add_argument_group(section), cls)
     return parser
 
 
@@ -289,9 +317,7 @@ def parse_config(argv: Sequence[str] | None = None, parser: argparse.ArgumentPar
     ns, unknown = parser.parse_known_args(argv)
     if unknown:
         raise _unknown_flag_error(unknown, parser)
-    values = vars(ns)
-    cfg = Config(**{name: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
-                    for name, cls in SECTIONS.items()})
+    cfg = Config(**{name: from_namespace(cls, ns) for name, cls in SECTIONS.items()})
     reference_flags.resolve(cfg)
     validate(cfg)
     problem = reference_flags.check(cfg)

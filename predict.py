@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from config import add_arguments, flag, from_namespace
 from datasets.folder import (
     DEFAULT_MAX_PIXELS,
     RASTER_EXTENSIONS,
@@ -68,6 +69,7 @@ from utils.folderjob import Claims, Owner, PartReport, merged_failures, part_suf
 from utils.io import atomic_write_bytes, atomic_write_json, ensure_output_dir, remove_stale_temps
 
 EXIT_TOO_MANY_FAILURES = 3
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 MANIFEST = "predict_manifest.json"
 # settings that change the pixels of an output: a resume with other values would mix results
 MANIFEST_KEYS = ("arch", "snapshot", "num_classes", "infer_short_side", "size_divisor", "scales",
@@ -80,35 +82,50 @@ class PredictError(UserError, RuntimeError):
 
 @dataclass
 class PredictOptions:
-    """Everything :func:`predict_folder` needs besides the model (CLI flags of the same names)."""
+    """Everything :func:`predict_folder` needs besides the model; each field is a command-line flag."""
 
-    eval_folder: str
-    result_dir: str
-    subdirs: str | None = None  # top-level subdirectories, e.g. "939-986" or "12,15-20,misc"
-    shard: str | None = None  # "i/N" (0 <= i < N); None: Slurm array and torch.distributed ranks
-    infer_short_side: int | None = None  # resize the shorter side to this before the model
-    size_divisor: int = 32  # inference sizes rounded to a multiple of this (HRNet needs /32)
-    batch_size: int = 4
-    workers: int = 2
-    scales: tuple[float, ...] | None = None  # multi-scale inference (network.predict)
-    flip: bool = False
-    amp: bool = True  # autocast (fp16) on CUDA; ignored on the CPU
-    color: bool = True
-    overlay: bool = False
-    probs: bool = False
-    geotiff: bool = True  # .tif/.tiff read with rasterio and written as GeoTIFF
-    bands: tuple[int, ...] | None = None
-    band_mean: tuple[float, ...] | None = None
-    band_std: tuple[float, ...] | None = None
-    tile: int = 1024
-    overlap: int = 128
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_fail_ratio: float = 0.01
-    overwrite: bool = False  # recompute everything instead of resuming
-    claim_timeout: float = 6 * 3600.0  # s: a claim from another host older than this is stale
-    progress: bool = True
-    arch: str | None = None  # recorded in the manifest only
-    snapshot: str | None = None
+    eval_folder: str = flag(help="folder of images/rasters, searched recursively")
+    result_dir: str = flag(help="output folder (runx passes LOGDIR)")
+    subdirs: str | None = flag(None, "top-level subdirectories to include, e.g. 939-986 or 12,15-20,misc")
+    shard: str | None = flag(None, "INDEX/COUNT (0-based); none: from the Slurm array and torch.distributed ranks")
+    infer_short_side: int | None = flag(None, "resize the shorter side to this before the model")
+    size_divisor: int = flag(32, "inference sizes rounded to a multiple of this (HRNet needs /32)")
+    batch_size: int = flag(4, "images (or raster tiles) per forward pass", aliases=("--bs_val",))
+    workers: int = flag(DEFAULT_WORKERS, "DataLoader processes decoding images", aliases=("--num_workers",))
+    scales: tuple[float, ...] | None = flag(None, "multi-scale inference, e.g. 0.5,1.0,2.0", flag="n_scales")
+    flip: bool = flag(False, "average with the horizontally flipped prediction", flag="do_flip")
+    amp: bool = flag(True, "fp16 autocast on CUDA (ignored on the CPU)", negate=True)
+    color: bool = flag(True, "write colourised labels (color/<rel>.png)", negate=True)
+    overlay: bool = flag(False, "write colours blended over the photo (overlay/<rel>.jpg)")
+    probs: bool = flag(False, "also write per-class probabilities (prob/<rel>.npz or .tif)")
+    geotiff: bool = flag(True, "read .tif/.tiff with rasterio and write GeoTIFF (off: ordinary images)", negate=True)
+    bands: tuple[int, ...] | None = flag(None, "zero-based raster bands, e.g. 0,1,2; none: the first three")
+    band_mean: tuple[float, ...] | None = flag(None, "per-band mean in the raster's units; none: ImageNet's")
+    band_std: tuple[float, ...] | None = flag(None, "per-band standard deviation in the raster's units")
+    tile: int = flag(1024, "raster window size in pixels")
+    overlap: int = flag(128, "overlap between raster windows in pixels (blended)")
+    max_pixels: int = flag(DEFAULT_MAX_PIXELS, "images larger than this many pixels are reported as failed")
+    max_fail_ratio: float = flag(0.01, "exit 3 when more than this share of the shard's images failed")
+    overwrite: bool = flag(False, "recompute everything instead of resuming")
+    claim_timeout: float = flag(6 * 3600.0, "seconds after which a claim held by a process on another host "
+                                "counts as abandoned")
+    progress: bool = flag(True, "show a progress bar", negate=True)
+    arch: str | None = flag(None, "registered model name, e.g. ocrnet.HRNet_Mscale (required unless --list_missing)")
+    snapshot: str | None = flag(None, "checkpoint (project or reference .pth); omit for random weights")
+
+
+@dataclass
+class ModelChoice:
+    """Command-line flags that choose the model's classes and device (not part of the outputs)."""
+
+    dataset: str | None = flag(None, "class set when the snapshot does not record its classes",
+                               choices=["cityscapes", "mapillary"])
+    num_classes: int | None = flag(None, "class count when the snapshot does not record it")
+    eval: str = flag("folder", "accepted for the reference's command lines", choices=["folder"])
+    fp16: bool = flag(False, "accepted (AMP is on by default on CUDA)")
+    list_missing: bool = flag(False, "print the images still missing or failed (status, path, reason) and exit; "
+                              "loads no model")
+    device: str | None = flag(None, "auto, cpu, cuda or cuda:N; none: this process's GPU if any, else cpu")
 
 
 @dataclass(frozen=True)
@@ -681,72 +698,18 @@ def _final_report(report: PartReport, summary: Summary) -> None:
 # ---------------------------------------------------------------- command line
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from e
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from e
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    a = p.add_argument
-    a("--arch", default=None, help="registered model name, e.g. ocrnet.HRNet_Mscale (required)")
-    a("--snapshot", default=None, help="checkpoint (project or reference .pth); omit for random weights")
-    a("--eval_folder", required=True, help="folder of images/rasters, searched recursively")
-    a("--result_dir", required=True, help="output folder (runx passes LOGDIR)")
-    a("--dataset", default=None, choices=["cityscapes", "mapillary"],
-      help="class set when the snapshot does not record it (19 or 65 classes)")
-    a("--num_classes", type=int, default=None)
-    a("--eval", default="folder", choices=["folder"], help="accepted for the reference's command lines")
-    a("--subdirs", default=None, help="top-level subdirectories to include, e.g. 939-986 or 1,5-9")
-    a("--shard", default=None, help="INDEX/COUNT (0-based); default: from the Slurm array / ranks")
-    a("--infer_short_side", type=int, default=None, help="resize the shorter side to this for the model")
-    a("--size_divisor", type=int, default=32)
-    a("--batch_size", "--bs_val", type=int, default=4)
-    a("--workers", "--num_workers", type=int, default=min(4, os.cpu_count() or 1))
-    a("--n_scales", type=_floats, default=None, help="e.g. 0.5,1.0,2.0")
-    a("--do_flip", action="store_true")
-    a("--no_amp", action="store_true", help="disable fp16 autocast on CUDA")
-    a("--fp16", action="store_true", help="accepted (AMP is on by default on CUDA)")
-    a("--no_color", action="store_true")
-    a("--overlay", action="store_true")
-    a("--probs", action="store_true", help="also write per-class probabilities")
-    a("--no_geotiff", action="store_true", help="treat .tif/.tiff as ordinary images")
-    a("--bands", type=_ints, default=None, help="zero-based raster bands, e.g. 0,1,2")
-    a("--band_mean", type=_floats, default=None)
-    a("--band_std", type=_floats, default=None)
-    a("--tile", type=int, default=1024)
-    a("--overlap", type=int, default=128)
-    a("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    a("--max_fail_ratio", type=float, default=0.01)
-    a("--overwrite", action="store_true")
-    a("--list_missing", action="store_true",
-      help="print the images still missing or failed (status, path, reason) and exit; loads no model")
-    a("--claim_timeout", type=float, default=6 * 3600.0,
-      help="seconds after which a claim held by a process on another host counts as abandoned")
-    a("--no_progress", action="store_true")
-    a("--device", default=None, help="default: cuda if available, else cpu")
+    """Flags generated from :class:`PredictOptions` and :class:`ModelChoice` (config.py's machinery)."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0], allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(p.add_argument_group("outputs"), PredictOptions)
+    add_arguments(p.add_argument_group("model"), ModelChoice)
     return p
 
 
 def options_from_args(args: argparse.Namespace) -> PredictOptions:
-    return PredictOptions(
-        eval_folder=args.eval_folder, result_dir=args.result_dir, subdirs=args.subdirs, shard=args.shard,
-        infer_short_side=args.infer_short_side, size_divisor=args.size_divisor, batch_size=args.batch_size,
-        workers=args.workers, scales=args.n_scales, flip=args.do_flip, amp=not args.no_amp,
-        color=not args.no_color, overlay=args.overlay, probs=args.probs, geotiff=not args.no_geotiff,
-        bands=args.bands, band_mean=args.band_mean, band_std=args.band_std, tile=args.tile,
-        overlap=args.overlap, max_pixels=args.max_pixels, max_fail_ratio=args.max_fail_ratio,
-        overwrite=args.overwrite, claim_timeout=args.claim_timeout, progress=not args.no_progress, arch=args.arch,
-        snapshot=str(Path(args.snapshot).resolve()) if args.snapshot else None)
+    opts = from_namespace(PredictOptions, args)
+    return replace(opts, snapshot=str(Path(opts.snapshot).resolve()) if opts.snapshot else None)
 
 
 def load_model(arch: str, snapshot: str | None, *, dataset: str | None = None, num_classes: int | None = None,
