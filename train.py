@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,35 +54,44 @@ from utils.signals import EXIT_REQUEUE, StartupStop, StopRequest, ignore_stop_si
 
 @dataclass
 class State:
+    """What changes every step (the position inside ``epoch`` is the sampler's)."""
+
     epoch: int = 0  # epoch in progress (or next to start)
-    iteration: int = 0  # optimizer steps done (the position inside `epoch` is the sampler's)
+    iteration: int = 0  # optimizer steps done
     best_miou: float = -1.0
+    monitor: Monitor = field(default_factory=Monitor)  # best.pth, --save_top_k, --early_stop_patience
 
 
-@dataclass
-class Run:
-    """Everything the loops need, built once by :func:`main`."""
+@dataclass(frozen=True)
+class Setup:
+    """What training and evaluation share, built once by :func:`main`."""
+
     cfg: Config
     info: DistInfo
     precision: Precision
     model: nn.Module  # possibly DDP-wrapped
     net: nn.Module  # the unwrapped model
     data: DatasetInfo  # the classes the model predicts (recorded in every checkpoint)
-    criterion: nn.Module | None = None
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: Any = None
-    scaler: Any = None
-    train_loader: DataLoader | None = None
-    sampler: ClassUniformSampler | None = None
-    val_loader: DataLoader | None = None
-    val_ds: Any = None
-    logger: RunLogger | None = None
+    val_ds: Any  # a datasets.base.SegmentationDataset
+    val_loader: DataLoader
+    logger: RunLogger
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """What only training needs, built once by :func:`build_trainer`."""
+
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    loader: DataLoader
+    sampler: ClassUniformSampler
+    dataset: SeededDataset
+    accum: int  # micro-batches per optimizer step
+    steps_per_epoch: int
+    total_iters: int
     stop: StopRequest = field(default_factory=StopRequest)
-    state: State = field(default_factory=State)
-    accum: int = 1
-    total_iters: int = 0
-    monitor: Monitor = field(default_factory=Monitor)  # best.pth, --save_top_k, --early_stop_patience
-    progress: TrainProgress | None = None
 
 
 # ----------------------------------------------------------------------------- data
@@ -223,84 +233,88 @@ def _say(info: DistInfo, text: str) -> None:
         print(text, flush=True)
 
 
-def train_step(run: Run, batches: Any) -> torch.Tensor:
-    """One optimizer step over ``accum`` micro-batches; returns the (local) loss."""
-    cfg, st, dev, p = run.cfg, run.state, run.info.device, run.precision
+def train_step(s: Setup, t: Trainer, iteration: int, batches: Iterator[dict[str, Any]]) -> torch.Tensor:
+    """One optimizer step over ``t.accum`` micro-batches; returns the (local) loss."""
+    cfg, info, dev, p = s.cfg, s.info, s.info.device, s.precision
     total = torch.zeros((), device=dev)
-    for micro in range(run.accum):
+    for micro in range(t.accum):
         batch = next(batches)
         x, y = batch["image"].to(dev, non_blocking=True), batch["mask"].to(dev, non_blocking=True)
         if cfg.train.deterministic:  # dropout masks depend on the step, not on the RNG's history
-            torch.manual_seed(mix_seed(cfg.train.seed, st.iteration, micro * run.info.world_size + run.info.rank))
-        last = micro == run.accum - 1
-        sync = run.model.no_sync() if run.info.distributed and not last else contextlib.nullcontext()
+            torch.manual_seed(mix_seed(cfg.train.seed, iteration, micro * info.world_size + info.rank))
+        last = micro == t.accum - 1
+        sync = s.model.no_sync() if info.distributed and not last else contextlib.nullcontext()
         with sync:
             with p.autocast():
-                out = run.model(p.cast_input(x))
-            loss = run.criterion({k: v.float() for k, v in out.items()}, y) / run.accum
-            (run.scaler.scale(loss) if run.scaler else loss).backward()
+                out = s.model(p.cast_input(x))
+            loss = t.criterion({k: v.float() for k, v in out.items()}, y) / t.accum
+            (t.scaler.scale(loss) if t.scaler else loss).backward()
         total += loss.detach()
-    if run.scaler:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+    if t.scaler:
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
     else:
-        run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
+        t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scheduler.step()
     return total
 
 
-def train_one_epoch(run: Run, epoch: int) -> bool:
-    """Train from the epoch's current position; True when stopped by a signal."""
-    cfg, st, info = run.cfg, run.state, run.info
-    run.sampler.set_epoch(epoch)  # keeps a restored position inside this epoch
-    run.train_loader.dataset.set_epoch(epoch)
+def start_epoch(cfg: Config, t: Trainer, epoch: int) -> None:
+    """Point the sampler and the per-sample seeds at ``epoch`` (a restored position is kept)."""
+    t.sampler.set_epoch(epoch)
+    t.dataset.set_epoch(epoch)
     if cfg.data.class_uniform_pct:
-        run.sampler.class_uniform_pct = cfg.data.class_uniform_pct if epoch < cfg.train.max_cu_epoch else 0.0
-    run.model.train()
-    per_step = cfg.data.bs_trn * run.accum
-    steps = min(len(run.sampler) // per_step, run.total_iters - st.iteration)
-    batches = iter(run.train_loader)
-    bar = run.progress.bar(steps, f"epoch {epoch}")
+        t.sampler.class_uniform_pct = cfg.data.class_uniform_pct if epoch < cfg.train.max_cu_epoch else 0.0
+
+
+def train_one_epoch(s: Setup, t: Trainer, st: State, progress: TrainProgress) -> bool:
+    """Train ``st.epoch`` from its current position; True when stopped by a signal."""
+    cfg, info, epoch = s.cfg, s.info, st.epoch
+    start_epoch(cfg, t, epoch)
+    s.model.train()
+    per_step = cfg.data.bs_trn * t.accum
+    steps = min(len(t.sampler) // per_step, t.total_iters - st.iteration)
+    batches = iter(t.loader)
+    bar = progress.bar(steps, f"epoch {epoch}")
     for _ in bar:
-        loss = train_step(run, batches)
+        loss = train_step(s, t, st.iteration, batches)
         st.iteration += 1
-        run.sampler.advance(per_step)
-        if st.iteration % cfg.train.log_freq == 0 or st.iteration == run.total_iters:
-            value, lr = float(mean_over_ranks(loss)), run.optimizer.param_groups[0]["lr"]
-            rates = run.progress.report(st.iteration, epoch, cfg.train.max_epoch, value, lr, bar)
-            run.logger.train_step(st.iteration, value, lr, epoch=epoch, **rates)
-        if any_rank(run.stop.requested, info.device):
+        t.sampler.advance(per_step)
+        if st.iteration % cfg.train.log_freq == 0 or st.iteration == t.total_iters:
+            value, lr = float(mean_over_ranks(loss)), t.optimizer.param_groups[0]["lr"]
+            rates = progress.report(st.iteration, epoch, cfg.train.max_epoch, value, lr, bar)
+            s.logger.train_step(st.iteration, value, lr, epoch=epoch, **rates)
+        if any_rank(t.stop.requested, info.device):
             return True
         if cfg.train.ckpt_freq and st.iteration % cfg.train.ckpt_freq == 0:
-            save(run, ckpt_io.LAST)
+            save(s, t, st, ckpt_io.LAST)
     return False
 
 
-def save(run: Run, name: str) -> None:
+def save(s: Setup, t: Trainer, st: State, name: str) -> None:
     """Rank 0 writes ``name`` (last.pth / best.pth) atomically; every rank waits for it."""
-    st = run.state
-    if run.info.is_main:
+    if s.info.is_main:
         ckpt = ckpt_io.build_checkpoint(
-            model=run.net, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
-            epoch=st.epoch, iteration=st.iteration, best_miou=st.best_miou, device=run.info.device,
-            sampler=run.sampler.state_dict(), config=run.cfg.to_dict(), dataset_info=run.data.to_dict())
-        ckpt["monitor"] = run.monitor.state_dict()
-        ckpt_io.save_checkpoint(ckpt, run.cfg.train.result_dir, name)
+            model=s.net, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler,
+            epoch=st.epoch, iteration=st.iteration, best_miou=st.best_miou, device=s.info.device,
+            sampler=t.sampler.state_dict(), config=s.cfg.to_dict(), dataset_info=s.data.to_dict())
+        ckpt["monitor"] = st.monitor.state_dict()
+        ckpt_io.save_checkpoint(ckpt, s.cfg.train.result_dir, name)
     barrier()
 
 
-def restore(run: Run, ckpt: dict[str, Any]) -> None:
-    """Optimizer, schedule, scaler, position and RNG from a training checkpoint."""
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    if run.scaler is not None and ckpt.get("scaler"):
-        run.scaler.load_state_dict(ckpt["scaler"])
-    run.sampler.load_state_dict(ckpt["sampler"])  # the position; another world size keeps the global one
-    run.state = State(epoch=int(ckpt["epoch"]), iteration=int(ckpt["iteration"]),
-                      best_miou=float(ckpt.get("best_miou", -1.0)))
-    ckpt_io.restore_rng(ckpt["rng"], run.info.device)
-    run.monitor.load_state_dict(ckpt.get("monitor"))
+def restore(t: Trainer, ckpt: dict[str, Any], device: torch.device, monitor: Monitor) -> State:
+    """Optimizer, schedule, scaler, position and RNG from a training checkpoint; the loop state."""
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.scheduler.load_state_dict(ckpt["scheduler"])
+    if t.scaler is not None and ckpt.get("scaler"):
+        t.scaler.load_state_dict(ckpt["scaler"])
+    t.sampler.load_state_dict(ckpt["sampler"])  # the position; another world size keeps the global one
+    ckpt_io.restore_rng(ckpt["rng"], device)
+    monitor.load_state_dict(ckpt.get("monitor"))
+    return State(epoch=int(ckpt["epoch"]), iteration=int(ckpt["iteration"]),
+                 best_miou=float(ckpt.get("best_miou", -1.0)), monitor=monitor)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -326,34 +340,36 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, precision: 
     return cm.compute()
 
 
-def validate(run: Run, epoch: int) -> dict[str, Any]:
-    """Evaluate, print the table, log, write metrics files, keep best.pth and its pictures."""
-    cfg, info, ds = run.cfg, run.info, run.val_ds
+def validate(s: Setup, st: State, epoch: int, t: Trainer | None = None) -> dict[str, Any]:
+    """Evaluate, print the table, log, write metrics files; when training (``t``) keep best.pth
+    and its pictures."""
+    cfg, info, ds = s.cfg, s.info, s.val_ds
     rd = Path(cfg.train.result_dir)
     tmp = rd / (".val_images" if cfg.eval.eval is None else "best_images")
     dumper = eval_dumps(cfg.eval, rd, tmp, ds, info.is_main, info.rank)  # every rank: its own share
     t0 = time.time()
-    metrics = evaluate(run.net, run.val_loader, ds.num_classes, run.precision, info.device,
+    metrics = evaluate(s.net, s.val_loader, ds.num_classes, s.precision, info.device,
                        cfg.eval.n_scales, cfg.eval.do_flip, dumper, info.is_main, ds.ignore_index)
     dumper.finish()
-    metrics.update(epoch=epoch, iteration=run.state.iteration, eval_seconds=round(time.time() - t0, 2),
-                   scales=list(cfg.eval.n_scales or ()), flip=cfg.eval.do_flip, precision=run.precision.describe())
-    decision = run.monitor.update(metrics[cfg.train.monitor], epoch, run.state.iteration)
+    metrics.update(epoch=epoch, iteration=st.iteration, eval_seconds=round(time.time() - t0, 2),
+                   scales=list(cfg.eval.n_scales or ()), flip=cfg.eval.do_flip, precision=s.precision.describe())
+    decision = st.monitor.update(metrics[cfg.train.monitor], epoch, st.iteration)
     improved = decision.improved and not cfg.eval.no_metrics  # best.pth follows --monitor
-    run.state.best_miou = max(run.state.best_miou, metrics["miou"])
+    st.best_miou = max(st.best_miou, metrics["miou"])
     if info.is_main and not cfg.eval.no_metrics:
-        where = f"epoch {epoch} iteration {run.state.iteration}" if cfg.eval.eval is None else f"--eval {cfg.eval.eval}"
-        run.logger.msg(f"{where}: mIoU {100 * metrics['miou']:.2f}\n" + format_table(metrics, ds.class_names))
-        run.logger.val(epoch, metrics, ds.class_names, run.state.iteration)
+        where = f"epoch {epoch} iteration {st.iteration}" if cfg.eval.eval is None else f"--eval {cfg.eval.eval}"
+        s.logger.msg(f"{where}: mIoU {100 * metrics['miou']:.2f}\n" + format_table(metrics, ds.class_names))
+        s.logger.val(epoch, metrics, ds.class_names, st.iteration)
         for i, panel in enumerate(dumper.panels):
-            run.logger.image(f"val_images/{i}", panel, run.state.iteration)
-        write_metrics(rd, metrics, ds.class_names, {"best_miou": run.state.best_miou})
-    if improved and cfg.eval.eval is None:
-        save(run, ckpt_io.BEST)
-    if cfg.eval.eval is None:
-        write_top_k(rd, decision, run.monitor, lambda path: save(run, str(path)), info.is_main)
+            s.logger.image(f"val_images/{i}", panel, st.iteration)
+        write_metrics(rd, metrics, ds.class_names, {"best_miou": st.best_miou})
+    if improved and t is not None:
+        save(s, t, st, ckpt_io.BEST)
+    if t is not None:
+        trainer = t
+        write_top_k(rd, decision, st.monitor, lambda path: save(s, trainer, st, str(path)), info.is_main)
     if info.is_main:  # after best.pth, so the pictures never run ahead of the checkpoint
-        _keep_best_images(tmp, rd / "best_images", improved and cfg.eval.eval is None)
+        _keep_best_images(tmp, rd / "best_images", improved and t is not None)
     return metrics
 
 
@@ -398,59 +414,72 @@ def _accum_steps(cfg: Config, info: DistInfo) -> int:
     return g // per
 
 
-def run_eval(run: Run) -> int:
-    metrics = validate(run, epoch=0)
-    _say(run.info, f"mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_acc']:.2f}")
+def _monitor(cfg: Config) -> Monitor:
+    return Monitor(cfg.train.monitor, cfg.train.save_top_k, cfg.train.early_stop_patience)
+
+
+def run_eval(s: Setup) -> int:
+    metrics = validate(s, State(monitor=_monitor(s.cfg)), epoch=0)
+    _say(s.info, f"mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_acc']:.2f}")
     return 0
 
 
-def run_training(run: Run, train_ds: Any, ckpt: dict[str, Any] | None) -> int:
-    cfg, info = run.cfg, run.info
-    run.train_loader, run.sampler = build_train_loader(cfg, info, train_ds)
-    run.accum = _accum_steps(cfg, info)
-    steps = run.sampler.num_samples // (cfg.data.bs_trn * run.accum)
+def build_trainer(s: Setup, train_ds: Any) -> Trainer:
+    """Loader, sampler, loss, optimizer, schedule and scaler for ``train_ds``."""
+    cfg, info = s.cfg, s.info
+    loader, sampler = build_train_loader(cfg, info, train_ds)
+    accum = _accum_steps(cfg, info)
+    steps = sampler.num_samples // (cfg.data.bs_trn * accum)
     if steps < 1:
-        raise ConfigError(f"--bs_trn {cfg.data.bs_trn} x accumulation {run.accum} exceeds the "
-                          f"{run.sampler.num_samples} training samples per process")
-    run.total_iters = min(cfg.train.max_iter or 10**12, cfg.train.max_epoch * steps)
-    run.criterion = _build_criterion(cfg, train_ds)
-    run.optimizer = build_optimizer(cfg.optim.optimizer, run.model.parameters(), cfg.optim.lr,
-                                    cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.amsgrad)
-    run.scheduler = poly_schedule(run.optimizer, run.total_iters, cfg.optim.poly_exp)
-    run.scaler = run.precision.make_scaler()
+        raise ConfigError(f"--bs_trn {cfg.data.bs_trn} x accumulation {accum} exceeds the "
+                          f"{sampler.num_samples} training samples per process")
+    total = min(cfg.train.max_iter or 10**12, cfg.train.max_epoch * steps)
+    assert isinstance(loader.dataset, SeededDataset)
+    optimizer = build_optimizer(cfg.optim.optimizer, s.model.parameters(), cfg.optim.lr,
+                                cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.amsgrad)
+    return Trainer(criterion=_build_criterion(cfg, train_ds), optimizer=optimizer,
+                   scheduler=poly_schedule(optimizer, total, cfg.optim.poly_exp), scaler=s.precision.make_scaler(),
+                   loader=loader, sampler=sampler, dataset=loader.dataset, accum=accum, steps_per_epoch=steps,
+                   total_iters=total)
+
+
+def run_training(s: Setup, train_ds: Any, ckpt: dict[str, Any] | None) -> int:
+    cfg, info = s.cfg, s.info
+    t = build_trainer(s, train_ds)
+    st = State(monitor=_monitor(cfg))
     if ckpt is not None:
-        restore(run, ckpt)
-        _say(info, f"resumed at epoch {run.state.epoch}, iteration {run.state.iteration}")
-    elif started := apply_start_flags(cfg, run.optimizer, run.scheduler, run.state, steps):
+        st = restore(t, ckpt, info.device, st.monitor)
+        _say(info, f"resumed at epoch {st.epoch}, iteration {st.iteration}")
+    elif started := apply_start_flags(cfg, t.optimizer, t.scheduler, st, t.steps_per_epoch):
         _say(info, started)
-    run.logger.start_training(run.state.iteration, epoch_closed=run.state.consumed == 0)
-    run.progress = TrainProgress(run.total_iters, run.state.iteration,
-                                 cfg.data.bs_trn * run.accum * info.world_size, enabled=info.is_main)
+    s.logger.start_training(st.iteration, epoch_closed=t.sampler.start_index == 0)
+    progress = TrainProgress(t.total_iters, st.iteration, cfg.data.bs_trn * t.accum * info.world_size,
+                             enabled=info.is_main)
     if info.is_main:
         save_config(cfg, Path(cfg.train.result_dir) / "config.json",
-                    _runtime(cfg, info, run.precision, run.accum, steps, run.total_iters))
-    return _epochs(run)
+                    _runtime(cfg, info, s.precision, t.accum, t.steps_per_epoch, t.total_iters))
+    return _epochs(s, t, st, progress)
 
 
-def _epochs(run: Run) -> int:
-    cfg, st = run.cfg, run.state
-    with run.stop:
+def _epochs(s: Setup, t: Trainer, st: State, progress: TrainProgress) -> int:
+    cfg = s.cfg
+    with t.stop:
         # a position inside the epoch: a checkpoint taken inside the last epoch (even at its final
         # iteration) still owes that epoch's close: validation, best.pth and the final metrics
-        while st.epoch < cfg.train.max_epoch and (st.iteration < run.total_iters or run.sampler.start_index > 0):
-            if train_one_epoch(run, st.epoch):
-                save(run, ckpt_io.LAST)
-                _say(run.info, f"stopped by signal {run.stop.signum} at iteration {st.iteration}; "
+        while st.epoch < cfg.train.max_epoch and (st.iteration < t.total_iters or t.sampler.start_index > 0):
+            if train_one_epoch(s, t, st, progress):
+                save(s, t, st, ckpt_io.LAST)
+                _say(s.info, f"stopped by signal {t.stop.signum} at iteration {st.iteration}; "
                      f"wrote last.pth, exit {EXIT_REQUEUE}")
                 return EXIT_REQUEUE
             epoch, st.epoch = st.epoch, st.epoch + 1
-            run.sampler.set_epoch(st.epoch)  # position 0 of the next epoch, as checkpointed below
-            done = st.epoch >= cfg.train.max_epoch or st.iteration >= run.total_iters
+            t.sampler.set_epoch(st.epoch)  # position 0 of the next epoch, as checkpointed below
+            done = st.epoch >= cfg.train.max_epoch or st.iteration >= t.total_iters
             if done or (epoch + 1) % cfg.train.val_freq == 0:
-                validate(run, epoch)
-            save(run, ckpt_io.LAST)
-            if run.monitor.exhausted:
-                _say(run.info, run.monitor.stop_message())
+                validate(s, st, epoch, t)
+            save(s, t, st, ckpt_io.LAST)
+            if st.monitor.exhausted:
+                _say(s.info, st.monitor.stop_message())
                 break
     return 0
 
@@ -488,15 +517,14 @@ def main(cfg: Config) -> int:
             out = eval_output_dir(cfg.train.result_dir, cfg.eval.eval)
             cfg = replace(cfg, train=replace(cfg.train, result_dir=str(out)))
             Path(cfg.train.result_dir).mkdir(parents=True, exist_ok=True)
-        run = Run(cfg, info, precision, model, net, data, val_ds=val_ds, val_loader=build_val_loader(cfg, info, val_ds),
-                  logger=RunLogger(cfg.train.result_dir, info.rank, cfg.flags()))
-        run.monitor = Monitor(cfg.train.monitor, cfg.train.save_top_k, cfg.train.early_stop_patience)
+        s = Setup(cfg, info, precision, model, net, data, val_ds, build_val_loader(cfg, info, val_ds),
+                  RunLogger(cfg.train.result_dir, info.rank, cfg.flags()))
         _say(info, f"{cfg.model.arch} on {info.device} x{info.world_size}, {precision.describe()}, "
              f"result_dir {cfg.train.result_dir}")
         try:
-            return run_eval(run) if cfg.eval.eval else run_training(run, train_ds, ckpt)
+            return run_eval(s) if cfg.eval.eval else run_training(s, train_ds, ckpt)
         finally:
-            run.logger.close()
+            s.logger.close()
     except BaseException:
         if created:  # a run that failed before writing anything leaves no empty folder behind
             with contextlib.suppress(OSError):

@@ -30,52 +30,49 @@ DEMO = ["--dataset", "synthetic", "--arch", "ocrnet.HRNet_Mscale_w18s", "--crop_
 
 
 def _build(argv: list[str]):
-    import torch
-
+    """train.py's own builders: the Setup and, for the training measurement, the Trainer."""
     import train
     from config import parse_config
     from utils.amp import resolve_precision
     from utils.dist import DistInfo
+    from utils.logger import RunLogger
 
     cfg = parse_config(argv)
     info = DistInfo()
     precision = resolve_precision(cfg.amp_level, info.device)
     train_ds, val_ds = train.build_datasets(cfg, train=True)
     model, net = train.place_model(cfg, train.build_model(cfg, val_ds.num_classes), info, precision)
-    run = train.Run(cfg, info, precision, model, net, train.dataset_info(cfg.data.dataset), val_ds=val_ds,
-                    val_loader=train.build_val_loader(cfg, info, val_ds))
-    run.train_loader, run.sampler = train.build_train_loader(cfg, info, train_ds)
-    run.criterion = train._build_criterion(cfg, train_ds)
-    run.optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr)
-    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
-    return run
+    s = train.Setup(cfg, info, precision, model, net, train.dataset_info(cfg.data.dataset), val_ds,
+                    train.build_val_loader(cfg, info, val_ds), RunLogger(cfg.train.result_dir, 0, {}))
+    return s, train.build_trainer(s, train_ds)
 
 
-def _batches(run):
+def _batches(cfg, t):
+    import train
+
     epoch = 0
     while True:
-        run.sampler.set_epoch(epoch)
-        run.train_loader.dataset.set_epoch(epoch)
-        yield from run.train_loader
+        train.start_epoch(cfg, t, epoch)
+        yield from t.loader
         epoch += 1
 
 
 def train_speed(root: str, iters: int) -> dict:
     import train
 
-    run = _build(DEMO + ["--dataset_root", root, "--result_dir", tempfile.mkdtemp()])
-    run.model.train()
-    batches = _batches(run)
-    for _ in range(2):  # warm-up (oneDNN kernels, loader start)
-        train.train_step(run, batches)
+    s, t = _build(DEMO + ["--dataset_root", root, "--result_dir", tempfile.mkdtemp()])
+    s.model.train()
+    batches = _batches(s.cfg, t)
+    for i in range(2):  # warm-up (oneDNN kernels, loader start)
+        train.train_step(s, t, i, batches)
     t0 = time.perf_counter()
-    for _ in range(iters):
-        train.train_step(run, batches)
+    for i in range(iters):
+        train.train_step(s, t, i, batches)
     dt = time.perf_counter() - t0
     t0 = time.perf_counter()
-    train.evaluate(run.net, run.val_loader, 19, run.precision, run.info.device, (0.5, 1.0), True, show=False)
+    train.evaluate(s.net, s.val_loader, 19, s.precision, s.info.device, (0.5, 1.0), True, show=False)
     de = time.perf_counter() - t0
-    n_val = len(run.val_ds)
+    n_val = len(s.val_ds)
     return {"it_s": iters / dt, "img_s_train": iters * 4 / dt, "eval_img_s": n_val / de, "n_val": n_val}
 
 
@@ -90,17 +87,17 @@ def eval_memory(root: str, level: str) -> dict:
     """Run in a fresh process: peak RSS growth of one multi-scale evaluation pass."""
     import train
 
-    run = _build(DEMO + ["--dataset_root", root, "--result_dir", tempfile.mkdtemp(), "--amp_opt_level", level,
+    s, _ = _build(DEMO + ["--dataset_root", root, "--result_dir", tempfile.mkdtemp(), "--amp_opt_level", level,
                          "--n_scales", "0.5,1.0,2.0", "--num_workers", "0"])
     # reset VmHWM to the current RSS; if refused, the lifetime peak (model building peaks far lower)
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
     base = _rss_kib("VmRSS")
     t0 = time.perf_counter()
-    m = train.evaluate(run.net, run.val_loader, 19, run.precision, run.info.device, (0.5, 1.0, 2.0), True,
+    m = train.evaluate(s.net, s.val_loader, 19, s.precision, s.info.device, (0.5, 1.0, 2.0), True,
                        show=False)
     return {"level": level, "peak_mib": (_rss_kib("VmHWM") - base) / 1024, "seconds": time.perf_counter() - t0,
-            "miou": m["miou"], "images": len(run.val_ds)}
+            "miou": m["miou"], "images": len(s.val_ds)}
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ to 1/4 resolution and concatenated (720 channels for W48).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -20,6 +21,7 @@ import torch.nn as nn
 from timm.models.hrnet import HighResolutionModule, HighResolutionNetFeatures
 
 from network.ops import resize_to
+from network.registry import register_trunk
 
 TRUNKS = {"w48": "hrnet_w48", "w18": "hrnet_w18", "w18s": "hrnet_w18_small_v2"}
 
@@ -52,6 +54,7 @@ class HRNetV2Trunk(HighResolutionNetFeatures):
     """timm's HRNet features model returning the 4 branches concatenated at 1/4 resolution."""
 
     align_corners: bool = False
+    out_channels: int = 0  # channels of the concatenated features (set by create_trunk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         x = self.act1(self.bn1(self.conv1(x)))
@@ -76,6 +79,7 @@ def create_trunk(width: str, align_corners: bool = False, fuse_upsample: str = "
                               feature_location="", out_indices=(1, 2, 3, 4))
     trunk.__class__ = HRNetV2Trunk
     trunk.align_corners = align_corners
+    trunk.out_channels = trunk_channels(trunk)
     if fuse_upsample == "bilinear":
         for module in trunk.modules():
             if isinstance(module, HighResolutionModule):
@@ -136,3 +140,28 @@ def _strip(key: str) -> str:
         if key.startswith(prefix):
             key = key[len(prefix):]
     return key
+
+
+# ----------------------------------------------------------------------------- registered trunks
+
+def _hrnet(width: str, weights: str | None, align_corners: bool = False,
+           fuse_upsample: str = "bilinear") -> HRNetV2Trunk:
+    trunk = create_trunk(width, align_corners=align_corners, fuse_upsample=fuse_upsample)
+    if weights:
+        load_trunk_weights(trunk, weights)
+    return trunk
+
+
+@register_trunk("hrnetv2_w48")
+def hrnetv2_w48(weights: str | None = None, **kwargs: Any) -> HRNetV2Trunk:
+    return _hrnet("w48", weights, **kwargs)
+
+
+@register_trunk("hrnetv2_w18")
+def hrnetv2_w18(weights: str | None = None, **kwargs: Any) -> HRNetV2Trunk:
+    return _hrnet("w18", weights, **kwargs)
+
+
+@register_trunk("hrnetv2_w18s")
+def hrnetv2_w18s(weights: str | None = None, **kwargs: Any) -> HRNetV2Trunk:
+    return _hrnet("w18s", weights, **kwargs)

@@ -2,25 +2,28 @@
 (``ocrnet.HRNet_Mscale``), with the reference's forward semantics and no loss inside.
 
 Small CPU-friendly variants use narrower heads than the reference (documented in
-``SMALL_WIDTHS``); the W48 models use the reference's widths (512 / 256 / 256).
+``HEAD_WIDTHS``); the W48 models use the reference's widths (512 / 256 / 256).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from network import hrnet as _hrnet  # noqa: F401  (registers the HRNet trunks)
 from network.first_conv import set_in_channels
-from network.hrnet import create_trunk, load_trunk_weights, trunk_channels
 from network.ocr import OCRBlock, OCRWidths, make_attn_head
 from network.ops import resize_by, resize_to, scale_as, scale_key
-from network.registry import register_model
+from network.registry import build_trunk, register_model
 
 REFERENCE_WIDTHS = OCRWidths(mid=512, key=256, attn_bottleneck=256)
-SMALL_WIDTHS = {"w18": OCRWidths(mid=256, key=128, attn_bottleneck=128),
-                "w18s": OCRWidths(mid=128, key=64, attn_bottleneck=64)}
+# OCR head widths per registered trunk (a trunk not listed gets the reference's)
+HEAD_WIDTHS = {"hrnetv2_w48": REFERENCE_WIDTHS,
+               "hrnetv2_w18": OCRWidths(mid=256, key=128, attn_bottleneck=128),
+               "hrnetv2_w18s": OCRWidths(mid=128, key=64, attn_bottleneck=64)}
 
 
 class OCRNet(nn.Module):
@@ -31,15 +34,14 @@ class OCRNet(nn.Module):
 
     multiscale = False
 
-    def __init__(self, arch: str, num_classes: int, trunk: str = "w48",
-                 widths: OCRWidths = REFERENCE_WIDTHS, align_corners: bool = False,
-                 fuse_upsample: str = "bilinear") -> None:
+    def __init__(self, arch: str, num_classes: int, trunk: nn.Module,
+                 widths: OCRWidths = REFERENCE_WIDTHS, align_corners: bool = False) -> None:
         super().__init__()
         self.arch = arch
         self.num_classes = num_classes
         self.align_corners = align_corners
-        self.backbone = create_trunk(trunk, align_corners=align_corners, fuse_upsample=fuse_upsample)
-        self.ocr = OCRBlock(trunk_channels(self.backbone), num_classes, widths)
+        self.backbone = trunk  # any feature extractor with `out_channels` (network.registry.build_trunk)
+        self.ocr = OCRBlock(int(trunk.out_channels), num_classes, widths)
 
     def forward(self, x: torch.Tensor, scales: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
         if scales is not None and tuple(scales) != (1.0,):
@@ -65,10 +67,9 @@ class MscaleOCR(nn.Module):
 
     multiscale = True
 
-    def __init__(self, arch: str, num_classes: int, trunk: str = "w48",
+    def __init__(self, arch: str, num_classes: int, trunk: nn.Module,
                  widths: OCRWidths = REFERENCE_WIDTHS, align_corners: bool = False,
-                 mscale_lo_scale: float = 0.5, eval_scales: Sequence[float] | None = (0.5, 1.0, 2.0),
-                 fuse_upsample: str = "bilinear") -> None:
+                 mscale_lo_scale: float = 0.5, eval_scales: Sequence[float] | None = (0.5, 1.0, 2.0)) -> None:
         super().__init__()
         if not 0.0 < mscale_lo_scale < 1.0:
             raise ValueError(f"mscale_lo_scale must be in (0, 1), got {mscale_lo_scale}")
@@ -77,8 +78,8 @@ class MscaleOCR(nn.Module):
         self.align_corners = align_corners
         self.mscale_lo_scale = float(mscale_lo_scale)
         self.eval_scales = _check_scales(eval_scales) if eval_scales else None
-        self.backbone = create_trunk(trunk, align_corners=align_corners, fuse_upsample=fuse_upsample)
-        self.ocr = OCRBlock(trunk_channels(self.backbone), num_classes, widths)
+        self.backbone = trunk  # any feature extractor with `out_channels` (network.registry.build_trunk)
+        self.ocr = OCRBlock(int(trunk.out_channels), num_classes, widths)
         self.scale_attn = make_attn_head(widths.mid, widths.attn_bottleneck, 1)
 
     def _fwd(self, x: torch.Tensor, with_aux: bool, with_attn: bool = True) -> dict[str, torch.Tensor]:
@@ -163,31 +164,55 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return scales
 
 
-def _build(arch: str, multiscale: bool, trunk: str, num_classes: int, trunk_weights: str | None,
-           mscale_lo_scale: float, eval_scales: Sequence[float] | None, align_corners: bool,
-           widths: OCRWidths | None = None, fuse_upsample: str = "bilinear", in_channels: int = 3) -> nn.Module:
-    widths = widths or (REFERENCE_WIDTHS if trunk == "w48" else SMALL_WIDTHS[trunk])
-    if multiscale:
-        model = MscaleOCR(arch, num_classes, trunk, widths, align_corners, mscale_lo_scale,
-                          eval_scales, fuse_upsample)
-    else:
-        model = OCRNet(arch, num_classes, trunk, widths, align_corners, fuse_upsample)
-    if trunk_weights:
-        load_trunk_weights(model.backbone, trunk_weights)
+def ocr_model(arch: str, multiscale: bool, trunk: str, num_classes: int, trunk_weights: str | None = None,
+              mscale_lo_scale: float = 0.5, eval_scales: Sequence[float] | None = (0.5, 1.0, 2.0),
+              align_corners: bool = False, widths: OCRWidths | None = None, in_channels: int = 3,
+              **trunk_kwargs: Any) -> nn.Module:
+    """An OCR (``multiscale``: + scale attention) head on the registered trunk ``trunk``.
+
+    ``trunk_kwargs`` go to the trunk's builder (e.g. ``fuse_upsample`` for the HRNet trunks).
+    """
+    backbone = build_trunk(trunk, weights=trunk_weights, align_corners=align_corners, **trunk_kwargs)
     if in_channels != 3:  # N-band input: RGB filters extended (network/first_conv.py)
-        set_in_channels(model.backbone, in_channels)
+        set_in_channels(backbone, in_channels)
+    widths = widths or HEAD_WIDTHS.get(trunk, REFERENCE_WIDTHS)
+    model: nn.Module
+    if multiscale:
+        model = MscaleOCR(arch, num_classes, backbone, widths, align_corners, mscale_lo_scale, eval_scales)
+    else:
+        model = OCRNet(arch, num_classes, backbone, widths, align_corners)
     model.in_channels = in_channels
     return model
 
 
-def _register(arch: str, multiscale: bool, trunk: str) -> None:
-    def builder(num_classes: int, **kwargs) -> nn.Module:
-        return _build(arch, multiscale, trunk, num_classes, **kwargs)
-
-    builder.__name__ = arch.replace(".", "_")
-    register_model(arch)(builder)
+# ----------------------------------------------------------------------------- registered models
 
 
-for _suffix, _trunk in (("", "w48"), ("_w18", "w18"), ("_w18s", "w18s")):
-    _register(f"ocrnet.HRNet_Mscale{_suffix}", True, _trunk)
-    _register(f"ocrnet.HRNet{_suffix}", False, _trunk)
+@register_model("ocrnet.HRNet_Mscale")
+def hrnet_mscale(num_classes: int, **kwargs: Any) -> nn.Module:
+    return ocr_model("ocrnet.HRNet_Mscale", True, "hrnetv2_w48", num_classes, **kwargs)
+
+
+@register_model("ocrnet.HRNet")
+def hrnet(num_classes: int, **kwargs: Any) -> nn.Module:
+    return ocr_model("ocrnet.HRNet", False, "hrnetv2_w48", num_classes, **kwargs)
+
+
+@register_model("ocrnet.HRNet_Mscale_w18")
+def hrnet_mscale_w18(num_classes: int, **kwargs: Any) -> nn.Module:
+    return ocr_model("ocrnet.HRNet_Mscale_w18", True, "hrnetv2_w18", num_classes, **kwargs)
+
+
+@register_model("ocrnet.HRNet_w18")
+def hrnet_w18(num_classes: int, **kwargs: Any) -> nn.Module:
+    return ocr_model("ocrnet.HRNet_w18", False, "hrnetv2_w18", num_classes, **kwargs)
+
+
+@register_model("ocrnet.HRNet_Mscale_w18s")
+def hrnet_mscale_w18s(num_classes: int, **kwargs: Any) -> nn.Module:
+    return ocr_model("ocrnet.HRNet_Mscale_w18s", True, "hrnetv2_w18s", num_classes, **kwargs)
+
+
+@register_model("ocrnet.HRNet_w18s")
+def hrnet_w18s(num_classes: int, **kwargs: Any) -> nn.Module:
+    return ocr_model("ocrnet.HRNet_w18s", False, "hrnetv2_w18s", num_classes, **kwargs)

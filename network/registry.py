@@ -1,13 +1,46 @@
-"""Architecture registry keyed by the reference's names (``ocrnet.HRNet_Mscale``)."""
+"""Registries: architectures keyed by the reference's names (``ocrnet.HRNet_Mscale``) and trunks.
+
+Every name is registered explicitly with a decorator beside its builder, so ``grep
+'register_model("'`` and ``grep 'register_trunk("'`` list them all. A new backbone is one
+module in ``network/`` holding a ``@register_trunk`` builder (an ``nn.Module`` with an
+``out_channels`` attribute whose forward returns ``(N, out_channels, H/4, W/4)`` features)
+and its ``@register_model`` names, plus its import in ``network/__init__.py``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
 
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}
+_TRUNKS: dict[str, ModelFn] = {}
+
+
+def register_trunk(name: str) -> Callable[[ModelFn], ModelFn]:
+    """Decorator: register ``fn(weights=None, align_corners=False, **kwargs) -> nn.Module`` (a
+    feature extractor with ``out_channels``) under ``name``; ``weights`` is a local file."""
+
+    def wrap(fn: ModelFn) -> ModelFn:
+        if name in _TRUNKS:
+            raise ValueError(f"trunk {name!r} is already registered")
+        _TRUNKS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_trunks() -> list[str]:
+    return sorted(_TRUNKS)
+
+
+def build_trunk(name: str, weights: str | None = None, **kwargs: Any) -> nn.Module:
+    """The registered trunk ``name``, with ``weights`` (a local file) loaded when given."""
+    if name not in _TRUNKS:
+        raise KeyError(f"unknown trunk {name!r}; known: {', '.join(list_trunks())}")
+    return _TRUNKS[name](weights=weights, **kwargs)
 
 
 def register_model(name: str) -> Callable[[ModelFn], ModelFn]:
@@ -29,7 +62,7 @@ def list_models() -> list[str]:
 
 def get_model(name: str, num_classes: int, trunk_weights: str | None = None,
               mscale_lo_scale: float = 0.5, eval_scales: tuple[float, ...] | None = (0.5, 1.0, 2.0),
-              align_corners: bool = False, **kwargs) -> nn.Module:
+              align_corners: bool = False, **kwargs: Any) -> nn.Module:
     """Build architecture ``name`` with ``num_classes`` outputs.
 
     ``trunk_weights``: local path to ImageNet weights of the HRNet trunk (no download).

@@ -190,3 +190,30 @@ def test_optimize_for_inference_matches(mscale):
     assert set(got) == set(want)
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-9, atol=1e-9)
+
+
+def test_trunk_is_injectable():
+    """OCRNet/MscaleOCR take any feature extractor with `out_channels` (1/4-resolution features)."""
+    from network.ocrnet import MscaleOCR, OCRNet, OCRWidths
+    from network.registry import build_trunk, list_trunks
+
+    class Tiny(torch.nn.Module):
+        out_channels = 8
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    widths = OCRWidths(mid=16, key=8, attn_bottleneck=8)
+    x = torch.randn(2, 3, 64, 64)
+    single = OCRNet("tiny", 4, Tiny(), widths).train()
+    assert {k: tuple(v.shape) for k, v in single(x).items()} == {"pred": (2, 4, 64, 64), "aux": (2, 4, 64, 64)}
+    mscale = MscaleOCR("tiny_mscale", 4, Tiny(), widths, eval_scales=(0.5, 1.0)).eval()
+    assert mscale(x)["pred"].shape == (2, 4, 64, 64)
+    assert {"hrnetv2_w48", "hrnetv2_w18", "hrnetv2_w18s"} <= set(list_trunks())
+    assert build_trunk("hrnetv2_w18s").out_channels == 270
+    with pytest.raises(KeyError, match="hrnetv2_w18s"):
+        build_trunk("resnet_nope")
