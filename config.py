@@ -279,7 +279,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
 def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
     """The dataclass ``cls`` from the parsed arguments :func:`add_arguments` added."""
     values = vars(ns)
-    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})  # type: ignore[call-arg]
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -243,7 +243,7 @@ def train_step(s: Setup, t: Trainer, iteration: int, batches: Iterator[dict[str,
         if cfg.train.deterministic:  # dropout masks depend on the step, not on the RNG's history
             torch.manual_seed(mix_seed(cfg.train.seed, iteration, micro * info.world_size + info.rank))
         last = micro == t.accum - 1
-        sync = s.model.no_sync() if info.distributed and not last else contextlib.nullcontext()
+        sync = s.model.no_sync() if info.distributed and not last else contextlib.nullcontext()  # type: ignore[operator]
         with sync:
             with p.autocast():
                 out = s.model(p.cast_input(x))
@@ -543,12 +543,12 @@ def eval_folder(cfg: Config) -> int:
     snapshot = expand_assets(cfg.model.snapshot, cfg.model.assets_path)
     try:
         net, data = predict.load_model(cfg.model.arch, snapshot, dataset=cfg.data.dataset, **model_kwargs(cfg))
-    except KeyError as e:
-        raise ConfigError(f"--arch: {e.args[0]}") from e
+    except KeyError as err:
+        raise ConfigError(f"--arch: {err.args[0]}") from err
     device = pick_device(cfg.train.device)
     e = cfg.eval
     opts = predict.PredictOptions(
-        eval_folder=e.eval_folder, result_dir=cfg.train.result_dir, subdirs=e.subdirs, shard=e.shard,
+        eval_folder=str(e.eval_folder), result_dir=cfg.train.result_dir, subdirs=e.subdirs, shard=e.shard,
         infer_short_side=e.infer_short_side, batch_size=cfg.data.bs_val, workers=cfg.data.num_workers,
         scales=e.n_scales, flip=e.do_flip, amp=cfg.amp_level != "O0", overlay=e.dump_assets, probs=e.probs,
         arch=cfg.model.arch, snapshot=snapshot)

@@ -176,8 +176,8 @@ def _mapillary(root: str | os.PathLike | None = None, **_: Any) -> DatasetInfo:
     where = Path(root if root is not None else os.environ.get("MAPILLARY_ROOT") or "/nonexistent").expanduser()
     if root is None and not any((where / c).is_file() for c in ("config.json", "config_v1.2.json")):
         return replace(DatasetInfo.generic(MAPILLARY_NUM_CLASSES, "mapillary"), root_env="MAPILLARY_ROOT")
-    names, palette, _ = load_config(where)
-    return DatasetInfo.from_table("mapillary", names, palette, root_env="MAPILLARY_ROOT")
+    names, colors, _lut = load_config(where)
+    return DatasetInfo.from_table("mapillary", names, colors, root_env="MAPILLARY_ROOT")
 
 
 @register_info("custom")

@@ -17,7 +17,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -231,7 +231,7 @@ def _check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], ckpt:
 
 def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
     """Every RNG state the training loop touches, as tensors and plain values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = cast(tuple, np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
