@@ -49,7 +49,7 @@ def start_at_epoch(state: Any, scheduler: Any, epoch: int, steps_per_epoch: int)
         warnings.simplefilter("ignore")
         scheduler.last_epoch = it - 1
         scheduler.step()
-    state.epoch, state.iteration, state.consumed = epoch, it, 0
+    state.epoch, state.iteration = epoch, it  # the sampler starts the epoch at position 0
 
 
 def apply_start_flags(cfg: Any, optimizer: Any, scheduler: Any, state: Any, steps_per_epoch: int) -> str | None:
