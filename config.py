@@ -24,6 +24,7 @@ from utils import reference_flags
 from utils.errors import UserError
 
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
+AMP_DTYPES = ("auto", "fp16", "bf16")
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 EVAL_MODES = ("val", "trn", "test", "folder")
 DEVICES = ("auto", "cpu", "cuda")
@@ -128,6 +129,11 @@ class TrainConfig:
                                    choices=AMP_LEVELS)
     fp16: bool = _f(False, "mixed precision (native torch.amp; default level O1)")
     apex: bool = _f(False, "accepted for the reference's YAMLs: native AMP/DDP, apex unused")
+    amp_dtype: str = _f("auto", "half dtype of O1-O3: auto = bf16 where the GPU supports it (and on "
+                        "the CPU), else fp16; a GradScaler only for fp16", choices=AMP_DTYPES)
+    no_channels_last: bool = _f(False, "train in NCHW instead of channels_last (the CUDA default)")
+    compile: bool = _f(False, "torch.compile the model for training and evaluation (eager if it fails)")
+    grad_ckpt: bool = _f(False, "gradient checkpointing of the trunk: less memory, ~30%% more time")
     global_batch_size: int | None = _f(None, "global batch; gradient accumulation fills it")
     device: str = _f("auto", "auto, cpu, cuda", choices=DEVICES)
     local_rank: int = _f(0, "set by torch.distributed.launch; LOCAL_RANK wins", aliases=("--local-rank",))
@@ -165,6 +171,8 @@ class EvalConfig:
     dump_for_submission: bool = _f(False, "write Cityscapes labelIds PNGs for the test server (<result_dir>/submit)")
     dump_for_auto_labelling: bool = _f(False, "write train-id labels + confidence PNGs (<result_dir>/auto_labels)")
     dump_topn: int = _f(0, "draw the N worst images by mIoU (<result_dir>/worst_images)")
+    eval_memory_gb: float | None = _f(None, "evaluation memory budget in GB: scales that do not fit run "
+                                      "in overlapping windows (default: free GPU memory; CPU unlimited)")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,
@@ -380,6 +388,7 @@ def _validate_train_eval(t: TrainConfig, e: EvalConfig, d: DataConfig) -> None:
     _check(e.eval != "folder" or bool(e.eval_folder), "eval_folder",
            "set with --eval folder", e.eval_folder)
     _check(e.n_scales is None or all(s > 0 for s in e.n_scales), "n_scales", "positive", e.n_scales)
+    _check(e.eval_memory_gb is None or e.eval_memory_gb > 0, "eval_memory_gb", "> 0", e.eval_memory_gb)
     _check(e.dump_num_images >= 0, "dump_num_images", ">= 0", e.dump_num_images)
     _check(e.infer_short_side is None or e.infer_short_side > 0, "infer_short_side", "> 0",
            e.infer_short_side)

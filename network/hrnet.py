@@ -12,6 +12,8 @@ to 1/4 resolution and concatenated (720 channels for W48).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +53,86 @@ class BilinearFuseModule(HighResolutionModule):
 
 
 class HRNetV2Trunk(HighResolutionNetFeatures):
-    """timm's HRNet features model returning the 4 branches concatenated at 1/4 resolution."""
+    """timm's HRNet features model returning the 4 branches concatenated at 1/4 resolution.
+
+    ``grad_ckpt = True`` recomputes each stage's activations in the backward pass instead of
+    keeping them (the reference's ``--grad_ckpt``): same gradients, less memory, more time.
+    """
 
     align_corners: bool = False
     out_channels: int = 0  # channels of the concatenated features (set by create_trunk)
+    grad_ckpt: bool = False
+    #: the stem's conv/BN pairs, applied back to back (network.inference folds them for eval)
+    bn_fold_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
-        branches = self.stages(x)
+        if self.grad_ckpt and self.training and torch.is_grad_enabled():
+            branches = self._checkpointed_stages(x)
+        else:
+            branches = self.stages(x)
         size = branches[0].shape[-2:]
         ups = [branches[0]] + [resize_to(b, size, self.align_corners) for b in branches[1:]]
         return torch.cat(ups, dim=1)
+
+    def _checkpointed_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """timm's ``stages`` with layer1 and every HighResolutionModule checkpointed."""
+        x = checkpoint_bn_safe(self.layer1, x)
+        xl = [t(x) for t in self.transition1]
+        xl = _checkpoint_stage(self.stage2, xl)
+        for transition, stage in ((self.transition2, self.stage3), (self.transition3, self.stage4)):
+            xl = [xl[i] if isinstance(t, nn.Identity) else t(xl[-1]) for i, t in enumerate(transition)]
+            xl = _checkpoint_stage(stage, xl)
+        return xl
+
+
+def _checkpoint_stage(stage: nn.Sequential, xl: list[torch.Tensor]) -> list[torch.Tensor]:
+    for module in stage:
+        xl = checkpoint_bn_safe(module, xl)
+    return xl
+
+
+def checkpoint_bn_safe(module: nn.Module, x: object) -> object:
+    """``module(x)`` under activation checkpointing, counting BatchNorm statistics once.
+
+    The recomputation in the backward pass runs BatchNorm layers in training mode again, which
+    would update their running statistics a second time; they are saved before and restored
+    after it, so running statistics (and ``num_batches_tracked``) equal those of a plain step.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    calls = [0]
+
+    def run(inp: object) -> object:
+        calls[0] += 1
+        if calls[0] == 1:
+            return module(inp)
+        with _frozen_bn_stats(module):
+            return module(inp)
+
+    return checkpoint(run, x, use_reentrant=False)
+
+
+@contextlib.contextmanager
+def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [[b.clone() for b in bn.buffers()] for bn in bns]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, bufs in zip(bns, saved, strict=True):
+                for b, old in zip(bn.buffers(), bufs, strict=True):
+                    b.copy_(old)
+
+
+def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+    """Turn trunk gradient checkpointing on/off in every HRNet trunk of ``model``; returns how many."""
+    trunks = [m for m in model.modules() if isinstance(m, HRNetV2Trunk)]
+    for t in trunks:
+        t.grad_ckpt = enabled
+    return len(trunks)
 
 
 def create_trunk(width: str, align_corners: bool = False, fuse_upsample: str = "bilinear") -> HRNetV2Trunk:

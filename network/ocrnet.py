@@ -7,7 +7,7 @@ Small CPU-friendly variants use narrower heads than the reference (documented in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -66,6 +66,8 @@ class MscaleOCR(nn.Module):
     """
 
     multiscale = True
+    #: per-scale step of ``nscale_forward`` (default ``_fwd``); network.tiling swaps in a windowed one
+    scale_fn: Callable[..., dict[str, torch.Tensor]] | None = None
 
     def __init__(self, arch: str, num_classes: int, trunk: nn.Module,
                  widths: OCRWidths = REFERENCE_WIDTHS, align_corners: bool = False,
@@ -134,7 +136,7 @@ class MscaleOCR(nn.Module):
         out: dict[str, torch.Tensor] = {}
         for s in sorted(scales, reverse=True):
             first = pred is None
-            cur = self._fwd(resize_by(x, s, ac), with_aux, with_attn=not first)
+            cur = (self.scale_fn or self._fwd)(resize_by(x, s, ac), with_aux, with_attn=not first)
             if first:  # the largest scale: its attention is never used
                 pred, aux = cur["cls"], cur.get("aux")
                 continue

@@ -1,10 +1,11 @@
 """The reference's apex opt levels mapped onto native ``torch.amp`` (apex is never imported).
 
 - ``O0``: fp32.
-- ``O1``: autocast (fp16 on CUDA, bf16 on the CPU) with a ``GradScaler`` for fp16.
+- ``O1``: autocast in the half dtype of ``--amp_dtype`` (``auto``: bf16 on GPUs that support it
+  and on the CPU, fp16 on older GPUs) with a ``GradScaler`` only for fp16.
 - ``O2``: the same autocast; the fp32 parameters *are* the master weights natively, so it
   behaves like ``O1`` (apex's O2 kept a half model plus fp32 master copies).
-- ``O3``: the whole model in half precision (bf16 on the CPU) except BatchNorm, which stays
+- ``O3``: the whole model in the same half dtype except BatchNorm, which stays
   fp32; inputs are cast too. Meant for evaluation (the reference's ``--amp_opt_level O3`` eval
   YAMLs): it roughly halves weight and activation memory. Training at O3 runs without a scaler.
 """
@@ -50,12 +51,27 @@ class Precision:
         return "fp32" if self.level == "O0" else f"{self.level} {str(self.dtype).replace('torch.', '')}"
 
 
-def resolve_precision(level: str, device: torch.device) -> Precision:
-    """fp16 on CUDA; bf16 where fp16 is not supported (the CPU)."""
+def resolve_precision(level: str, device: torch.device, amp_dtype: str = "auto") -> Precision:
+    """The half dtype for ``level``: ``amp_dtype`` if given (``fp16``/``bf16``); ``auto`` picks bf16
+    on GPUs that support it and on the CPU (no GradScaler needed, the fast path of Ampere and
+    newer) and fp16 on other GPUs. O3 casts the model to the same dtype."""
     if level == "O0":
         return Precision(level, device.type, torch.float32)
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return Precision(level, device.type, dtype)
+    return Precision(level, device.type, half_dtype(device, amp_dtype))
+
+
+def half_dtype(device: torch.device, amp_dtype: str = "auto") -> torch.dtype:
+    """``fp16``/``bf16`` as asked; ``auto``: bf16 on the CPU and on bf16-capable GPUs, else fp16."""
+    if amp_dtype in _DTYPES:
+        return _DTYPES[amp_dtype]
+    if amp_dtype != "auto":
+        raise ValueError(f"--amp_dtype must be auto, fp16 or bf16, got {amp_dtype!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def prepare_model(model: nn.Module, precision: Precision) -> nn.Module:
