@@ -110,6 +110,9 @@ class PredictOptions:
     claim_timeout: float = flag(6 * 3600.0, "seconds after which a claim held by a process on another host "
                                 "counts as abandoned")
     progress: bool = flag(True, "show a progress bar", negate=True)
+    eval_memory_gb: float | None = flag(None, "memory budget in GB: scales that do not fit run in overlapping "
+                                        "windows (none: free GPU memory; unlimited on the CPU)")
+    compile: bool = flag(False, "torch.compile the model (eager, with one line, if it cannot compile)")
     arch: str | None = flag(None, "registered model name, e.g. ocrnet.HRNet_Mscale (required unless --list_missing)")
     snapshot: str | None = flag(None, "checkpoint (project or reference .pth); omit for random weights")
 
@@ -341,15 +344,18 @@ def check_manifest(opts: PredictOptions, num_classes: int) -> None:
 
 def _logits_fn(model: nn.Module, device: torch.device, opts: PredictOptions):
     from network import predict as network_predict
+    from network.tiling import MemoryPlan, default_budget_bytes
 
     use_amp = opts.amp and device.type == "cuda"
+    budget = default_budget_bytes(device, opts.eval_memory_gb)
+    memory = None if budget is None else MemoryPlan(budget)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         if device.type == "cuda":  # the stacked batch, pinned, copies asynchronously
             x = x.pin_memory()
         x = x.to(device, non_blocking=True)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            return network_predict(model, x, scales=opts.scales, flip=opts.flip)["pred"].float()
+            return network_predict(model, x, scales=opts.scales, flip=opts.flip, memory=memory)["pred"].float()
 
     return fn
 
@@ -649,7 +655,9 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
     summary = Summary(shard_, total=len(items) + skipped, skipped=skipped, max_fail_ratio=opts.max_fail_ratio)
     print(f"predict: shard {shard_.index}/{shard_.count} ({shard_.source}): {summary.total} images, "
           f"{skipped} already complete, {len(items)} to do", file=sys.stderr)
-    model.eval()
+    from network import optimize_for_inference
+
+    model = optimize_for_inference(model, compile=opts.compile)  # folded BN, channels_last; a copy
     logits_fn = _logits_fn(model, device, opts)
     owner, started = Owner.this_process(), time.strftime("%Y-%m-%dT%H:%M:%S")
     report = PartReport(opts.result_dir, part_suffix(opts.subdirs, shard_.suffix), owner,

@@ -28,6 +28,7 @@ from datasets.info import DatasetInfo, dataset_info
 from datasets.loading import SeededDataset, ShardSampler, mix_seed, seed_all
 from datasets.sampler import ClassUniformSampler
 from network import checkpoint as ckpt_io
+from network.tiling import MemoryPlan
 from utils.amp import Precision, prepare_model, resolve_precision
 from utils.dist import (
     DistInfo,
@@ -170,15 +171,38 @@ def build_model(cfg: Config, num_classes: int, in_channels: int = 3) -> nn.Modul
 
 
 def place_model(cfg: Config, net: nn.Module, info: DistInfo, precision: Precision) -> tuple[nn.Module, nn.Module]:
-    """Device, SyncBN, precision, DDP. Returns (model to call for training, unwrapped model)."""
+    """Device, SyncBN, precision, memory format, checkpointing, DDP, compile.
+
+    Returns (model to call for training, unwrapped model: its state dict is the checkpoint's).
+    """
+    from network.hrnet import set_grad_checkpointing
+    from network.inference import maybe_compile
+
     net.to(info.device)
     if cfg.model.syncbn:
         net = maybe_sync_batchnorm(net, info)
     prepare_model(net, precision)
-    if not info.distributed:
-        return net, net
-    ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(net, device_ids=ids), net
+    if channels_last(cfg, info.device):
+        net.to(memory_format=torch.channels_last)
+    set_grad_checkpointing(net, cfg.train.grad_ckpt)
+    model = net
+    if info.distributed:
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    return (maybe_compile(model, "training") if cfg.train.compile else model), net
+
+
+def channels_last(cfg: Config, device: torch.device) -> bool:
+    """channels_last training: the default on CUDA (tensor cores want NHWC), off with --no_channels_last."""
+    return device.type == "cuda" and not cfg.train.no_channels_last
+
+
+def eval_memory(cfg: Config, device: torch.device) -> MemoryPlan | None:
+    """The evaluation memory budget: --eval_memory_gb, else the free GPU memory; None: unlimited."""
+    from network.tiling import default_budget_bytes
+
+    budget = default_budget_bytes(device, cfg.eval.eval_memory_gb)
+    return None if budget is None else MemoryPlan(budget)
 
 
 def load_weights(cfg: Config, net: nn.Module, info: DistInfo) -> dict[str, Any] | None:
@@ -240,6 +264,8 @@ def train_step(s: Setup, t: Trainer, iteration: int, batches: Iterator[dict[str,
     for micro in range(t.accum):
         batch = next(batches)
         x, y = batch["image"].to(dev, non_blocking=True), batch["mask"].to(dev, non_blocking=True)
+        if channels_last(cfg, dev):
+            x = x.contiguous(memory_format=torch.channels_last)
         if cfg.train.deterministic:  # dropout masks depend on the step, not on the RNG's history
             torch.manual_seed(mix_seed(cfg.train.seed, iteration, micro * info.world_size + info.rank))
         last = micro == t.accum - 1
@@ -322,15 +348,21 @@ def restore(t: Trainer, ckpt: dict[str, Any], device: torch.device, monitor: Mon
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, precision: Precision,
              device: torch.device, scales: tuple[float, ...] | None = None, flip: bool = False,
-             dumper: ImageDumper | Dumps | None = None, show: bool = True, ignore_index: int = 255) -> dict[str, Any]:
-    """Multi-scale / flip inference over ``loader``; a confusion matrix summed over ranks."""
-    from network import predict
+             dumper: ImageDumper | Dumps | None = None, show: bool = True, ignore_index: int = 255,
+             memory: MemoryPlan | None = None, compile: bool = False) -> dict[str, Any]:
+    """Multi-scale / flip inference over ``loader``; a confusion matrix summed over ranks.
 
+    Runs an inference-prepared copy of ``model`` (conv+BN folded, channels_last; ``model`` itself
+    is untouched), within ``memory``'s budget when given.
+    """
+    from network import optimize_for_inference, predict
+
+    fast = optimize_for_inference(model, dtype=precision.dtype if precision.half_model else None, compile=compile)
     cm = ConfusionMatrix(num_classes, ignore_index, device)
     for batch in progress_iter(loader, "eval", len(loader), enabled=show):
         x = batch["image"].to(device, non_blocking=True)
         with precision.autocast():
-            out = predict(model, precision.cast_input(x), scales=scales, flip=flip)
+            out = predict(fast, precision.cast_input(x), scales=scales, flip=flip, memory=memory)
         pred = out["pred"].argmax(1)
         if "mask" in batch:
             cm.update(batch["mask"].to(device, non_blocking=True), pred)
@@ -349,7 +381,8 @@ def validate(s: Setup, st: State, epoch: int, t: Trainer | None = None) -> dict[
     dumper = eval_dumps(cfg.eval, rd, tmp, ds, info.is_main, info.rank)  # every rank: its own share
     t0 = time.time()
     metrics = evaluate(s.net, s.val_loader, ds.num_classes, s.precision, info.device,
-                       cfg.eval.n_scales, cfg.eval.do_flip, dumper, info.is_main, ds.ignore_index)
+                       cfg.eval.n_scales, cfg.eval.do_flip, dumper, info.is_main, ds.ignore_index,
+                       eval_memory(cfg, info.device), cfg.train.compile)
     dumper.finish()
     metrics.update(epoch=epoch, iteration=st.iteration, eval_seconds=round(time.time() - t0, 2),
                    scales=list(cfg.eval.n_scales or ()), flip=cfg.eval.do_flip, precision=s.precision.describe())
@@ -505,7 +538,7 @@ def main(cfg: Config) -> int:
         _setup_determinism(cfg)
         if info.is_main:
             ckpt_io.remove_stale_temps(cfg.train.result_dir)
-        precision = resolve_precision(cfg.amp_level, info.device)
+        precision = resolve_precision(cfg.amp_level, info.device, cfg.train.amp_dtype)
         train_ds, val_ds = build_datasets(cfg, train=cfg.eval.eval is None)
         data = dataset_info(cfg.data.dataset, root=cfg.data.dataset_root, **_source(cfg))
         net = build_model(cfg, val_ds.num_classes, data.in_channels)
@@ -550,7 +583,8 @@ def eval_folder(cfg: Config) -> int:
     opts = predict.PredictOptions(
         eval_folder=str(e.eval_folder), result_dir=cfg.train.result_dir, subdirs=e.subdirs, shard=e.shard,
         infer_short_side=e.infer_short_side, batch_size=cfg.data.bs_val, workers=cfg.data.num_workers,
-        scales=e.n_scales, flip=e.do_flip, amp=cfg.amp_level != "O0", overlay=e.dump_assets, probs=e.probs,
+        scales=e.n_scales, flip=e.do_flip, amp=cfg.amp_level != "O0", eval_memory_gb=e.eval_memory_gb,
+        compile=cfg.train.compile, overlay=e.dump_assets, probs=e.probs,
         arch=cfg.model.arch, snapshot=snapshot)
     try:
         opts = predict.with_data_defaults(opts, data)

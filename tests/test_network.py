@@ -119,7 +119,12 @@ def test_two_scale_forward_semantics(mscale):
 
 
 def test_flip_averaging(mscale):
-    x = torch.randn(1, 3, 64, 64)
+    import copy
+
+    # float64: predict batches the flipped pass with the unflipped one, a different conv blocking
+    # whose float32 round-off this random, saturated model amplifies to ~1e-3
+    mscale = copy.deepcopy(mscale).double()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         plain = mscale(x)["pred"]
         flipped = mscale(x.flip(3))["pred"].flip(3)

@@ -1,4 +1,4 @@
-"""The apex opt levels mapped onto torch.amp (fp16 on CUDA, bf16 on the CPU)."""
+"""The apex opt levels mapped onto torch.amp (--amp_dtype: bf16 where supported, fp16 on older GPUs)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,29 @@ from utils.amp import prepare_model, resolve_precision
     ("O1", "cpu", torch.bfloat16, True),
     ("O2", "cpu", torch.bfloat16, True),
     ("O3", "cpu", torch.bfloat16, True),
-    ("O1", "cuda", torch.float16, True),
-    ("O3", "cuda", torch.float16, True),
+    ("O1", "cuda", torch.bfloat16, True),
+    ("O3", "cuda", torch.bfloat16, True),
 ])
-def test_levels(level, device, dtype, autocast):
+def test_levels(level, device, dtype, autocast, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # no GPU needed
     p = resolve_precision(level, torch.device(device))
     assert p.dtype == dtype and p.autocast_enabled == autocast
     assert p.half_model == (level == "O3")
+
+
+@pytest.mark.parametrize("bf16_gpu, amp_dtype, dtype, scaler", [
+    (True, "auto", torch.bfloat16, False),   # Ampere and newer: bf16, no GradScaler
+    (False, "auto", torch.float16, True),    # older GPUs: fp16 with a GradScaler
+    (True, "fp16", torch.float16, True),     # the reference's fp16, one flag away
+    (False, "bf16", torch.bfloat16, False),
+])
+def test_amp_dtype_on_cuda(bf16_gpu, amp_dtype, dtype, scaler, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    for level in ("O1", "O3"):  # O3 follows the dtype too
+        p = resolve_precision(level, torch.device("cuda"), amp_dtype)
+        assert p.dtype == dtype
+    p = resolve_precision("O1", torch.device("cuda"), amp_dtype)
+    assert (p.make_scaler() is not None) == scaler
 
 
 def test_scaler_only_for_fp16_autocast():
