@@ -35,7 +35,7 @@ def plan_rows(arch: str, budget: int, device: torch.device) -> list[str]:
     from network.tiling import MemoryPlan, tile_starts
 
     net = optimize_for_inference(get_model(arch, num_classes=65).to(device))
-    plan = MemoryPlan(budget, log=lambda s: None)
+    plan = MemoryPlan(budget, log=lambda _: None)
     x = torch.zeros(1, 3, *SIZE, device=device)
     bpp = plan.bytes_per_pixel(plan._scale_fn(net), x, ("probe",))
     rows = []
@@ -67,7 +67,9 @@ def measured(arch: str, budget: int, device: torch.device) -> str:
     with tracker:
         predict(net, x, scales=SCALES, memory=plan)
     seconds = time.perf_counter() - t0
-    cuda = f", CUDA max_memory_allocated {torch.cuda.max_memory_allocated(device) / GB:.2f} GB" if device.type == "cuda" else ""
+    cuda = ""
+    if device.type == "cuda":
+        cuda = f", CUDA max_memory_allocated {torch.cuda.max_memory_allocated(device) / GB:.2f} GB"
     return (f"Measured run, {arch} under the plan: peak live tensors {tracker.peak / GB:.2f} GB{cuda}, "
             f"{seconds:.0f} s (load average {os.getloadavg()[0]:.1f}). Plan log:\n\n"
             + "\n".join(f"    {line}" for line in lines))

@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             f"GFLOP/s, measured in this run.\n\n" + table(rows))
     print(body)
     if not a.no_write:
-        write_section(f"gpu_speed ({'GPU' if cuda else 'CPU'})", body, "python -m bench.gpu_speed " + " ".join(argv or sys.argv[1:]))
+        command = "python -m bench.gpu_speed " + " ".join(argv or sys.argv[1:])
+        write_section(f"gpu_speed ({'GPU' if cuda else 'CPU'})", body, command)
     return 0
 
 

@@ -127,10 +127,10 @@ def test_grad_ckpt_gives_the_same_gradients_and_bn_statistics():
 
 
 def test_compile_failure_falls_back_to_eager_with_one_line(monkeypatch, capsys):
-    def broken(*args, **kwargs):
+    def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("no C++ compiler found\nlong traceback text")
 
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: broken)
+    monkeypatch.setattr(torch, "compile", lambda _module, **_kw: broken)
     net = nn.Conv2d(3, 2, 1)
     wrapped = maybe_compile(net, "evaluation")
     x = torch.randn(1, 3, 4, 4)

@@ -18,7 +18,7 @@ from utils.amp import prepare_model, resolve_precision
     ("O3", "cuda", torch.bfloat16, True),
 ])
 def test_levels(level, device, dtype, autocast, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # no GPU needed
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_a, **_k: True)  # no GPU needed
     p = resolve_precision(level, torch.device(device))
     assert p.dtype == dtype and p.autocast_enabled == autocast
     assert p.half_model == (level == "O3")
@@ -31,7 +31,7 @@ def test_levels(level, device, dtype, autocast, monkeypatch):
     (False, "bf16", torch.bfloat16, False),
 ])
 def test_amp_dtype_on_cuda(bf16_gpu, amp_dtype, dtype, scaler, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_a, **_k: bf16_gpu)
     for level in ("O1", "O3"):  # O3 follows the dtype too
         p = resolve_precision(level, torch.device("cuda"), amp_dtype)
         assert p.dtype == dtype
