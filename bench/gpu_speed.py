@@ -97,17 +97,18 @@ def load() -> float:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def eval_variants(model: torch.nn.Module, device: torch.device, compile_: bool) -> dict[str, tuple]:
+def eval_variants(model: torch.nn.Module, device: torch.device, compile_: bool, bf16: bool) -> dict[str, tuple]:
     """name -> (model to call, autocast dtype or None, input dtype)."""
     from network import optimize_for_inference
 
-    bf16 = torch.bfloat16
     variants = {
         "plain fp32 (model.eval, NCHW)": (model, None, torch.float32),
         "default fp32 (prepared copy)": (optimize_for_inference(model), None, torch.float32),
-        "bf16 autocast (O1, prepared)": (optimize_for_inference(model), bf16, torch.float32),
-        "bf16 O3 (prepared, bf16 weights)": (optimize_for_inference(model, dtype=bf16), None, bf16),
     }
+    if bf16:
+        b = torch.bfloat16
+        variants["bf16 autocast (O1, prepared)"] = (optimize_for_inference(model), b, torch.float32)
+        variants["bf16 O3 (prepared, bf16 weights)"] = (optimize_for_inference(model, dtype=b), None, b)
     if device.type == "cuda":
         variants["fp16 autocast (prepared)"] = (optimize_for_inference(model), torch.float16, torch.float32)
     if compile_:
@@ -116,7 +117,7 @@ def eval_variants(model: torch.nn.Module, device: torch.device, compile_: bool) 
 
 
 def bench_eval(model: torch.nn.Module, size: tuple[int, int], scales: tuple[float, ...], device: torch.device,
-               reps: int, peaks: dict[torch.dtype, float], compile_: bool) -> list[dict]:
+               reps: int, peaks: dict[torch.dtype, float], compile_: bool, bf16: bool) -> list[dict]:
     from network import predict
 
     x = torch.randn(1, 3, *size, device=device)
@@ -127,7 +128,7 @@ def bench_eval(model: torch.nn.Module, size: tuple[int, int], scales: tuple[floa
             return predict(m, x.to(dt), scales=scales)["pred"]
 
     flops = count_flops(lambda: run(model, None, torch.float32))
-    for name, (m, ac, dt) in eval_variants(model, device, compile_).items():
+    for name, (m, ac, dt) in eval_variants(model, device, compile_, bf16).items():
         out = run(m, ac, dt).float()
         ref = out if ref is None else ref
         seconds = timed(lambda m=m, ac=ac, dt=dt: run(m, ac, dt), device, reps)
@@ -153,7 +154,7 @@ def _train_step(model: torch.nn.Module, criterion: torch.nn.Module, opt: torch.o
 
 
 def bench_train(arch: str, num_classes: int, size: tuple[int, int], batch: int, device: torch.device,
-                reps: int, peaks: dict[torch.dtype, float]) -> list[dict]:
+                reps: int, peaks: dict[torch.dtype, float], bf16: bool) -> list[dict]:
     from loss import SegLoss
     from network import get_model
     from network.hrnet import set_grad_checkpointing
@@ -163,8 +164,9 @@ def bench_train(arch: str, num_classes: int, size: tuple[int, int], batch: int, 
     y = torch.randint(0, num_classes, (batch, *size), device=device)
     cl = torch.channels_last
     variants = [("plain fp32 (NCHW)", False, None, False), ("fp32 channels_last", True, None, False),
-                ("bf16 autocast + channels_last", True, torch.bfloat16, False),
                 ("fp32 NCHW + --grad_ckpt", False, None, True)]
+    if bf16:
+        variants.insert(2, ("bf16 autocast + channels_last", True, torch.bfloat16, False))
     if device.type == "cuda":
         variants.insert(3, ("fp16 autocast + GradScaler-free timing, channels_last", True, torch.float16, False))
     rows, flops = [], None
@@ -212,7 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_classes", type=int, default=19)
     p.add_argument("--eval_size", type=pair, default=None, help="H,W (default 1024,2048 CUDA, 256,512 CPU)")
     p.add_argument("--train_size", type=pair, default=None, help="H,W (default 1024,1024 CUDA, 256,256 CPU)")
-    p.add_argument("--train_batch", type=int, default=None, help="default 2 CUDA, 1 CPU")
+    p.add_argument("--train_batch", type=int, default=None, help="default 2 (BatchNorm needs 2 at small sizes)")
     p.add_argument("--reps", type=int, default=None, help="default 5 CUDA, 3 CPU")
     p.add_argument("--compile", action="store_true", help="add torch.compile variants")
     p.add_argument("--skip_train", action="store_true")
@@ -237,17 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     peaks[torch.float16] = matmul_peak(device, torch.float16, n) if cuda else peaks[torch.bfloat16]
     print(f"matmul {n}: fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.0f} "
           f"GFLOP/s (load {load():.1f})", flush=True)
+    # bf16 rows only where bf16 is fast: a CPU without bf16 units runs it ~100x slower than fp32
+    bf16 = cuda or peaks[torch.bfloat16] > 0.5 * peaks[torch.float32]
+    skipped = "" if bf16 else (" bf16 variants skipped: this device's bf16 matmul reaches "
+                               f"{100 * peaks[torch.bfloat16] / peaks[torch.float32]:.1f}% of its fp32 rate.")
     torch.manual_seed(0)
     model = get_model(arch, num_classes=a.num_classes).to(device).eval()
     rows = []
     for scales in ((0.5, 1.0, 2.0), (1.0,)):
-        rows += bench_eval(model, eval_size, scales, device, reps, peaks, a.compile)
+        rows += bench_eval(model, eval_size, scales, device, reps, peaks, a.compile, bf16)
         print(table(rows), flush=True)
     if not a.skip_train:
-        rows += bench_train(arch, a.num_classes, train_size, a.train_batch or (2 if cuda else 1), device, reps, peaks)
+        rows += bench_train(arch, a.num_classes, train_size, a.train_batch or 2, device, reps, peaks, bf16)
     body = (f"Device: {torch.cuda.get_device_name(device) if cuda else 'CPU'}; arch {arch}, {a.num_classes} classes. "
             f"Matmul {n}x{n}: fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.0f} "
-            f"GFLOP/s, measured in this run.\n\n" + table(rows))
+            f"GFLOP/s, measured in this run.{skipped}\n\n" + table(rows))
     print(body)
     if not a.no_write:
         command = "python -m bench.gpu_speed " + " ".join(argv or sys.argv[1:])
