@@ -37,11 +37,26 @@ class CountingSeg(nn.Module):
         torch.manual_seed(0)
         self.conv = nn.Conv2d(3, NUM_CLASSES, 3, padding=1)
         self.num_classes = NUM_CLASSES
-        self.seen = 0
+        self.counter = _SharedCount([0])
+
+    @property
+    def seen(self) -> int:
+        return self.counter[0]
+
+    @seen.setter
+    def seen(self, value: int) -> None:
+        self.counter[0] = value
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.seen += x.shape[0]
         return {"pred": self.conv(x)}
+
+
+class _SharedCount(list):
+    """predict_folder runs an inference-prepared deep copy of the model: the copy counts here too."""
+
+    def __deepcopy__(self, memo: dict) -> _SharedCount:
+        return self
 
 
 SIZES = [(48, 64), (64, 48), (40, 90), (37, 51)]
@@ -263,6 +278,6 @@ def test_command_line_is_generated_from_the_options_with_help_and_the_old_flag_n
     old = ("arch snapshot eval_folder result_dir dataset num_classes eval subdirs shard infer_short_side "
            "size_divisor batch_size bs_val workers num_workers n_scales do_flip no_amp fp16 no_color overlay probs "
            "no_geotiff bands band_mean band_std tile overlap max_pixels max_fail_ratio overwrite no_progress device "
-           "list_missing claim_timeout")
+           "list_missing claim_timeout eval_memory_gb compile")
     assert set(flags) == {f"--{n}" for n in old.split()}
     assert all(a.help for a in flags.values())
