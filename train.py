@@ -338,9 +338,13 @@ def restore(t: Trainer, ckpt: dict[str, Any], device: torch.device, monitor: Mon
         t.scaler.load_state_dict(ckpt["scaler"])
     t.sampler.load_state_dict(ckpt["sampler"])  # the position; another world size keeps the global one
     ckpt_io.restore_rng(ckpt["rng"], device)
-    monitor.load_state_dict(ckpt.get("monitor"))
+    best_miou = float(ckpt.get("best_miou", -1.0))
+    state = ckpt.get("monitor")
+    if state and monitor.metric == "miou":  # one truth for the best mIoU: the reference's `best_miou` key
+        state = {**state, "best": best_miou}
+    monitor.load_state_dict(state)
     return State(epoch=int(ckpt["epoch"]), iteration=int(ckpt["iteration"]),
-                 best_miou=float(ckpt.get("best_miou", -1.0)), monitor=monitor)
+                 best_miou=best_miou, monitor=monitor)
 
 
 # ----------------------------------------------------------------------------- evaluation
