@@ -431,10 +431,13 @@ def _write_photo_outputs(paths: dict[str, Path], label: np.ndarray, prob: np.nda
 
     color = colorize(label, palette) if "color" in paths or "overlay" in paths else None
     if "color" in paths:
+        assert color is not None
         atomic_imwrite(paths["color"], color[..., ::-1])
     if "overlay" in paths:
+        assert color is not None and original is not None
         atomic_imwrite(paths["overlay"], overlay(original, color)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
     if "prob" in paths:
+        assert prob is not None
         buf = io.BytesIO()
         np.savez_compressed(buf, prob=prob, class_names=np.asarray(class_names))
         atomic_write_bytes(paths["prob"], buf.getvalue())
@@ -540,7 +543,7 @@ def _run_photos(items: list[Item], logits_fn, run: _Run, opts: PredictOptions) -
     for batch in _photo_batches(_ClaimingDataset(ds, [it.stem for it in items], outputs, run.claims), run, opts):
         for sample, result in _infer_with_oom_fallback(logits_fn, batch, opts.probs, run):
             item = items[sample["index"]]
-            label, prob = _resize_back(*result, sample["size"])
+            label, prob = _resize_back(result[0], result[1], sample["size"])
             original = sample["original"].numpy() if opts.overlay else None
             run.submit_write(item.rel, _write_photo_outputs, expected_outputs(run.result_dir, item, opts),
                              label, prob, original, run.palette, run.class_names)
@@ -742,7 +745,7 @@ def with_data_defaults(opts: PredictOptions, info: DatasetInfo) -> PredictOption
     """Raster bands and their normalisation from the checkpoint's data, unless given on the command line."""
     if info.bands is None:
         return opts
-    stats = {} if opts.band_mean or opts.band_std else {"band_mean": info.mean, "band_std": info.std}
+    stats: dict[str, Any] = {} if opts.band_mean or opts.band_std else {"band_mean": info.mean, "band_std": info.std}
     return replace(opts, bands=opts.bands or info.bands, **stats)
 
 

@@ -135,7 +135,9 @@ def run_naive(data: Path, out: Path, a: argparse.Namespace, model) -> int:
 
     palette, done = default_palette(19), 0
     for rel in discover_images(data)[: a.baseline_images or None]:
-        rgb = cv2.imread(str(data / rel))[..., ::-1]
+        bgr = cv2.imread(str(data / rel))
+        assert bgr is not None, f"unreadable benchmark image {rel}"
+        rgb = bgr[..., ::-1]
         h, w = rgb.shape[:2]
         x = to_model_input(rgb, inference_size(h, w, a.short_side, 32))[None]
         with torch.inference_mode():

@@ -87,7 +87,7 @@ def _child(variant: str, mode: str, size: tuple[int, int], repeats: int, warmup:
     return {"times": times, "cpu": cpu, "peak_rss_mb": _rss_mb(), "rss_built_mb": rss_built}
 
 
-def _measure(variant: str, mode: str, size: tuple[int, int], repeats: int, warmup: int,
+def _measure(variant: str, mode: str, size: tuple[int, ...], repeats: int, warmup: int,
              threads: int | None) -> dict:
     cmd = [sys.executable, "-m", "bench.model_speed", "--child", json.dumps(
         {"variant": variant, "mode": mode, "size": list(size), "repeats": repeats, "warmup": warmup})]

@@ -71,8 +71,8 @@ def find_items(img_base: Path, gt_base: Path, cities: list[str], gt_suffix: str,
     for city in cities:
         for img in sorted((img_base / city).glob("*_leftImg8bit.png")):
             stem = img.name[: -len("_leftImg8bit.png")]
-            label = gt_base / city / f"{stem}{gt_suffix}"
-            if not label.is_file():
+            label: Path | None = gt_base / city / f"{stem}{gt_suffix}"
+            if label is not None and not label.is_file():
                 if labels_required:
                     missing.append((img, label))
                 label = None
@@ -110,7 +110,8 @@ class Cityscapes(SegmentationDataset):
             else:
                 cities = cv_cities(img_base, split, cv)
             items = find_items(img_base, gt_base, cities, "_gtFine_labelIds.png")
-        boost = split in ("train", "trainval") and bool(coarse_boost_classes)
+        boost_ids = tuple(coarse_boost_classes or ())
+        boost = split in ("train", "trainval") and bool(boost_ids)
         num_fine = len(items)
         if boost or (coarse and split in ("train", "trainval")):
             items += _coarse_items(root)
@@ -119,11 +120,11 @@ class Cityscapes(SegmentationDataset):
                          known_ids=sorted(ID_TO_TRAINID))
         self.cv = cv
         if boost and not coarse:  # the reference's COARSE_BOOST_CLASSES
-            bad = [c for c in coarse_boost_classes if not 0 <= int(c) < NUM_CLASSES]
+            bad = [c for c in boost_ids if not 0 <= int(c) < NUM_CLASSES]
             if bad:
                 raise DatasetError(f"coarse_boost_classes must be train ids 0..{NUM_CLASSES - 1}, got {bad}")
             self.num_primary = num_fine
-            self.boost_classes = tuple(int(c) for c in coarse_boost_classes)
+            self.boost_classes = tuple(int(c) for c in boost_ids)
 
 
 def _coarse_items(root: Path) -> list[Item]:

@@ -148,11 +148,9 @@ def output_stems(files: Sequence[str]) -> list[str]:
 
 def inference_size(height: int, width: int, short_side: int | None, divisor: int = 1) -> tuple[int, int]:
     """(H, W) with the shorter side scaled to ``short_side``, each side rounded to ``divisor``."""
-    if short_side:
-        scale = short_side / min(height, width)
-        height, width = height * scale, width * scale
+    scale = short_side / min(height, width) if short_side else 1.0
     d = max(1, divisor)
-    return max(d, int(round(height / d)) * d), max(d, int(round(width / d)) * d)
+    return max(d, int(round(height * scale / d)) * d), max(d, int(round(width * scale / d)) * d)
 
 
 class ImageLoadError(RuntimeError):

@@ -46,7 +46,8 @@ def load_config(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     if len(entries) > 256:
         raise DatasetError(f"{path} lists {len(entries)} labels; index PNGs hold at most 256")
     lut = np.full(256, 255, np.uint8)
-    names, colors = [], []
+    names: list[str] = []
+    colors: list[tuple[int, ...]] = []
     for label_id, (name, color, evaluate) in enumerate(entries):
         if evaluate:
             lut[label_id] = len(names)

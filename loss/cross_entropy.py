@@ -13,6 +13,8 @@ class CrossEntropyLoss2d(nn.Module):
     Returns 0 (with a graph) when every pixel is ignored, where plain ``NLLLoss`` gives NaN.
     """
 
+    weight: torch.Tensor | None  # a non-persistent buffer (moves with .to(device))
+
     def __init__(self, ignore_index: int = 255, weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.ignore_index = ignore_index

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -145,8 +145,8 @@ def create_trunk(width: str, align_corners: bool = False, fuse_upsample: str = "
         raise KeyError(f"unknown HRNet trunk {width!r}; known: {sorted(TRUNKS)}")
     if fuse_upsample not in ("bilinear", "nearest"):
         raise ValueError(f"fuse_upsample must be 'bilinear' or 'nearest', got {fuse_upsample!r}")
-    trunk = timm.create_model(TRUNKS[width], pretrained=False, features_only=True,
-                              feature_location="", out_indices=(1, 2, 3, 4))
+    trunk = cast(HRNetV2Trunk, timm.create_model(TRUNKS[width], pretrained=False, features_only=True,
+                                                 feature_location="", out_indices=(1, 2, 3, 4)))
     trunk.__class__ = HRNetV2Trunk
     trunk.align_corners = align_corners
     trunk.out_channels = trunk_channels(trunk)
@@ -160,17 +160,17 @@ def create_trunk(width: str, align_corners: bool = False, fuse_upsample: str = "
 def _to_bilinear_fuse(module: HighResolutionModule, align_corners: bool) -> None:
     """Drop timm's parameter-free ``nn.Upsample`` from each fuse path and swap the class."""
     if isinstance(module.fuse_layers, nn.ModuleList):
-        for fuse_outer in module.fuse_layers:
-            for path in fuse_outer:
+        for fuse_outer in cast(nn.ModuleList, module.fuse_layers):
+            for path in cast(nn.ModuleList, fuse_outer):
                 if isinstance(path, nn.Sequential) and isinstance(path[-1], nn.Upsample):
                     path[-1] = nn.Identity()
     module.__class__ = BilinearFuseModule
-    module.align_corners = align_corners
+    cast(BilinearFuseModule, module).align_corners = align_corners
 
 
 def trunk_channels(trunk: HRNetV2Trunk) -> int:
     """Channels of the concatenated high-level features (720 for W48, 270 for W18)."""
-    return int(sum(trunk.feature_info.channels()))
+    return int(sum(trunk.feature_info.channels()))  # type: ignore[attr-defined]  # timm's FeatureInfo
 
 
 def load_trunk_weights(trunk: nn.Module, path: str | Path) -> None:

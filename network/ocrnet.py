@@ -8,7 +8,7 @@ Small CPU-friendly variants use narrower heads than the reference (documented in
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,8 @@ class OCRNet(nn.Module):
     ``forward(x)`` -> ``{"pred", "aux"}`` in training, ``{"pred"}`` in eval; logits at input size.
     """
 
+    in_channels: int = 3  # input bands (network.first_conv.set_in_channels)
+
     multiscale = False
 
     def __init__(self, arch: str, num_classes: int, trunk: nn.Module,
@@ -41,7 +43,7 @@ class OCRNet(nn.Module):
         self.num_classes = num_classes
         self.align_corners = align_corners
         self.backbone = trunk  # any feature extractor with `out_channels` (network.registry.build_trunk)
-        self.ocr = OCRBlock(int(trunk.out_channels), num_classes, widths)
+        self.ocr = OCRBlock(int(cast(int, trunk.out_channels)), num_classes, widths)
 
     def forward(self, x: torch.Tensor, scales: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
         if scales is not None and tuple(scales) != (1.0,):
@@ -65,6 +67,8 @@ class MscaleOCR(nn.Module):
     two-scale path, as the reference does without ``N_SCALES``.
     """
 
+    in_channels: int = 3  # input bands (network.first_conv.set_in_channels)
+
     multiscale = True
     #: per-scale step of ``nscale_forward`` (default ``_fwd``); network.tiling swaps in a windowed one
     scale_fn: Callable[..., dict[str, torch.Tensor]] | None = None
@@ -81,7 +85,7 @@ class MscaleOCR(nn.Module):
         self.mscale_lo_scale = float(mscale_lo_scale)
         self.eval_scales = _check_scales(eval_scales) if eval_scales else None
         self.backbone = trunk  # any feature extractor with `out_channels` (network.registry.build_trunk)
-        self.ocr = OCRBlock(int(trunk.out_channels), num_classes, widths)
+        self.ocr = OCRBlock(int(cast(int, trunk.out_channels)), num_classes, widths)
         self.scale_attn = make_attn_head(widths.mid, widths.attn_bottleneck, 1)
 
     def _fwd(self, x: torch.Tensor, with_aux: bool, with_attn: bool = True) -> dict[str, torch.Tensor]:
@@ -132,7 +136,8 @@ class MscaleOCR(nn.Module):
         pre-multiplied by its attention, is upsampled and added to ``(1 - attn)`` x running.
         """
         ac, with_aux = self.align_corners, self.training
-        pred = aux = None
+        pred: torch.Tensor | None = None
+        aux: torch.Tensor | None = None
         out: dict[str, torch.Tensor] = {}
         for s in sorted(scales, reverse=True):
             first = pred is None
@@ -141,18 +146,20 @@ class MscaleOCR(nn.Module):
                 pred, aux = cur["cls"], cur.get("aux")
                 continue
             cls_out, attn = cur["cls"], cur["attn"]
+            assert pred is not None
             out[scale_key("attn", s)] = scale_as(attn, x, ac)
             if s >= 1.0:
                 pred = attn * cls_out + (1 - attn) * scale_as(pred, cls_out, ac)
-                if with_aux:
+                if with_aux and aux is not None:
                     aux = attn * cur["aux"] + (1 - attn) * scale_as(aux, cls_out, ac)
             else:
                 up_attn = scale_as(attn, pred, ac)
-                if with_aux:
+                if with_aux and aux is not None:
                     aux = scale_as(attn * cur["aux"], pred, ac) + (1 - up_attn) * aux
                 pred = scale_as(attn * cls_out, pred, ac) + (1 - up_attn) * pred
+        assert pred is not None, "at least one scale"
         out["pred"] = pred
-        if with_aux:
+        if with_aux and aux is not None:
             out["aux"] = aux
         return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -57,8 +58,8 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         return DistInfo(device=device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world,
-                                **({"device_id": device} if device.type == "cuda" else {}))
+        extra: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, **extra)
     return DistInfo(rank, world, local_rank, device, backend)
 
 
