@@ -19,6 +19,7 @@ bytes of live tensors the work creates (``network.tiling.LiveBytes``; weights ex
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -75,7 +76,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int = 3)
     while size <= n:
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
-        seconds = timed(lambda a=a, b=b: a @ b, device, reps)
+        seconds = timed(functools.partial(torch.matmul, a, b), device, reps)
         rate = max(rate, 2 * size ** 3 / seconds)
         if seconds > 0.3:
             break
@@ -97,11 +98,12 @@ def load() -> float:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def eval_variants(model: torch.nn.Module, device: torch.device, compile_: bool, bf16: bool) -> dict[str, tuple]:
+def eval_variants(model: torch.nn.Module, device: torch.device, compile_: bool,
+                  bf16: bool) -> dict[str, tuple[torch.nn.Module, torch.dtype | None, torch.dtype]]:
     """name -> (model to call, autocast dtype or None, input dtype)."""
     from network import optimize_for_inference
 
-    variants = {
+    variants: dict[str, tuple[torch.nn.Module, torch.dtype | None, torch.dtype]] = {
         "plain fp32 (model.eval, NCHW)": (model, None, torch.float32),
         "default fp32 (prepared copy)": (optimize_for_inference(model), None, torch.float32),
     }
@@ -131,12 +133,12 @@ def bench_eval(model: torch.nn.Module, size: tuple[int, int], scales: tuple[floa
     for name, (m, ac, dt) in eval_variants(model, device, compile_, bf16).items():
         out = run(m, ac, dt).float()
         ref = out if ref is None else ref
-        seconds = timed(lambda m=m, ac=ac, dt=dt: run(m, ac, dt), device, reps)
+        seconds = timed(functools.partial(run, m, ac, dt), device, reps)
         half = ac is not None or dt != torch.float32
         rows.append({"work": f"eval 1x3x{size[0]}x{size[1]}, scales {','.join(f'{s:g}' for s in scales)}",
                      "variant": name, "ms": 1000 * seconds, "flops": flops,
                      "util": flops / seconds / peaks[torch.bfloat16 if half else torch.float32],
-                     "peak_gb": peak_bytes(lambda m=m, ac=ac, dt=dt: run(m, ac, dt), device) / 1024 ** 3,
+                     "peak_gb": peak_bytes(functools.partial(run, m, ac, dt), device) / 1024 ** 3,
                      "agree": float((out.argmax(1) == ref.argmax(1)).float().mean()), "load": load()})
     return rows
 
@@ -163,8 +165,9 @@ def bench_train(arch: str, num_classes: int, size: tuple[int, int], batch: int, 
     x = torch.randn(batch, 3, *size, device=device)
     y = torch.randint(0, num_classes, (batch, *size), device=device)
     cl = torch.channels_last
-    variants = [("plain fp32 (NCHW)", False, None, False), ("fp32 channels_last", True, None, False),
-                ("fp32 NCHW + --grad_ckpt", False, None, True)]
+    variants: list[tuple[str, bool, torch.dtype | None, bool]] = [
+        ("plain fp32 (NCHW)", False, None, False), ("fp32 channels_last", True, None, False),
+        ("fp32 NCHW + --grad_ckpt", False, None, True)]
     if bf16:
         variants.insert(2, ("bf16 autocast + channels_last", True, torch.bfloat16, False))
     if device.type == "cuda":

@@ -34,7 +34,7 @@ def categorize(name: str, in_rmi: bool) -> str:
     return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
 
 
-def profile(arch: str, size: tuple[int, int], steps: int, channels_last: bool) -> tuple[dict[str, float], float]:
+def profile(arch: str, size: tuple[int, ...], steps: int, channels_last: bool) -> tuple[dict[str, float], float]:
     """Self CPU microseconds per category over ``steps`` steps (after one warm-up), and the total."""
     from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as tprofile

@@ -78,7 +78,7 @@ class HRNetV2Trunk(HighResolutionNetFeatures):
 
     def _checkpointed_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """timm's ``stages`` with layer1 and every HighResolutionModule checkpointed."""
-        x = checkpoint_bn_safe(self.layer1, x)
+        x = cast(torch.Tensor, checkpoint_bn_safe(self.layer1, x))
         xl = [t(x) for t in self.transition1]
         xl = _checkpoint_stage(self.stage2, xl)
         for transition, stage in ((self.transition2, self.stage3), (self.transition3, self.stage4)):
@@ -89,7 +89,7 @@ class HRNetV2Trunk(HighResolutionNetFeatures):
 
 def _checkpoint_stage(stage: nn.Sequential, xl: list[torch.Tensor]) -> list[torch.Tensor]:
     for module in stage:
-        xl = checkpoint_bn_safe(module, xl)
+        xl = cast(list[torch.Tensor], checkpoint_bn_safe(module, xl))
     return xl
 
 

@@ -13,6 +13,7 @@ import copy
 import itertools
 import sys
 from collections.abc import Sequence
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn as nn
@@ -76,13 +77,14 @@ def _forward_scales(model: nn.Module, x: torch.Tensor, scales: Sequence[float] |
     if scales is None or tuple(scales) == (1.0,):
         return _single(model, x, memory)
     align_corners = getattr(net, "align_corners", False)
-    total = None
+    total: torch.Tensor | None = None
     for s in scales:
         # The reference resizes to round(size * s); resize_by uses floor. Use the reference's.
-        size = [round(d * s) for d in x.shape[-2:]]
+        size = (round(x.shape[-2] * s), round(x.shape[-1] * s))
         pred = resize_to(_single(model, resize_to(x, size, align_corners), memory)["pred"],
                          x.shape[-2:], align_corners)
         total = pred if total is None else total + pred
+    assert total is not None, "at least one scale"
     return {"pred": total / len(scales)}
 
 
@@ -110,19 +112,21 @@ def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Conv2d:
     The folded weights are computed in at least float32 (float64 stays float64), then stored
     in the conv's own dtype.
     """
+    mean, var = bn.running_mean, bn.running_var
+    assert mean is not None and var is not None, "folding needs running statistics"
     ct = torch.promote_types(conv.weight.dtype, torch.float32)
     fused = copy.deepcopy(conv)
-    w = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
-    b = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    scale = w.to(ct) / torch.sqrt(bn.running_var.to(ct) + bn.eps)
+    w = bn.weight if bn.weight is not None else torch.ones_like(var)
+    b = bn.bias if bn.bias is not None else torch.zeros_like(mean)
+    scale = w.to(ct) / torch.sqrt(var.to(ct) + bn.eps)
     bias = conv.bias.to(ct) if conv.bias is not None else torch.zeros_like(scale)
     weight = conv.weight.to(ct) * scale.reshape(-1, 1, 1, 1)
     fused.weight = nn.Parameter(weight.to(conv.weight.dtype).detach())
-    fused.bias = nn.Parameter((b.to(ct) + (bias - bn.running_mean.to(ct)) * scale).to(conv.weight.dtype).detach())
+    fused.bias = nn.Parameter((b.to(ct) + (bias - mean.to(ct)) * scale).to(conv.weight.dtype).detach())
     return fused
 
 
-def _is_bn(m: object) -> bool:
+def _is_bn(m: object) -> TypeGuard[nn.modules.batchnorm._BatchNorm]:
     return isinstance(m, nn.modules.batchnorm._BatchNorm)
 
 
@@ -221,7 +225,7 @@ class EagerFallback(nn.Module):
     from then on. Attribute access falls through to the eager module (``num_classes`` ...).
     """
 
-    def __init__(self, module: nn.Module, what: str, **compile_kwargs: object) -> None:
+    def __init__(self, module: nn.Module, what: str, **compile_kwargs: Any) -> None:
         super().__init__()
         self.eager = module
         self.what = what
@@ -239,7 +243,7 @@ class EagerFallback(nn.Module):
                       "running eager", file=sys.stderr, flush=True)
         return self.eager(*args, **kwargs)
 
-    def __getattr__(self, name: str) -> object:
+    def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:

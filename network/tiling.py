@@ -20,6 +20,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -195,7 +196,7 @@ class MemoryPlan:
 
     @staticmethod
     def _scale_fn(net: nn.Module) -> Callable[[torch.Tensor], Outputs]:
-        return lambda t: net._fwd(t, with_aux=False, with_attn=True)
+        return lambda t: cast(Any, net)._fwd(t, with_aux=False, with_attn=True)
 
     @contextlib.contextmanager
     def windowed_scales(self, net: nn.Module, x: torch.Tensor) -> Iterator[None]:
@@ -203,11 +204,11 @@ class MemoryPlan:
         def scale_fn(t: torch.Tensor, with_aux: bool, with_attn: bool = True) -> Outputs:
             s = t.shape[-1] / x.shape[-1]
             return self.run(net, t, f"scale {s:.3g}x", kind="scale", net=net,
-                            fn=lambda u: net._fwd(u, with_aux, with_attn))
+                            fn=lambda u: cast(Any, net)._fwd(u, with_aux, with_attn))
 
         old = net.__dict__.get("scale_fn")
-        net.scale_fn = scale_fn
+        cast(Any, net).scale_fn = scale_fn
         try:
             yield
         finally:
-            net.scale_fn = old
+            cast(Any, net).scale_fn = old
