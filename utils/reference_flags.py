@@ -41,7 +41,6 @@ REFUSED: dict[str, str] = {
     "trial": "runx's trial index is not needed: each run has its own --result_dir",
     "set_cityscapes_root": "use --dataset_root or $CITYSCAPES_ROOT",
     "summary": "use python bench/model_speed.py for the model's size and speed",
-    "grad_ckpt": "gradient checkpointing is not available in this build",
     **{k: _ARCH for k in ("ocr_aspp", "aspp_bot_ch", "mscale_cat_scale_flt", "mscale_dropout", "mscale_no3x3",
                           "mscale_old_arch", "mscale_init", "attnscale_bn_head", "segattn_bot_ch")},
 }
