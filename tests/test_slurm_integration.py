@@ -183,7 +183,9 @@ def status_lines(jobs, exp: str) -> list[str]:
     done = subprocess.run([sys.executable, "-m", "sbatch", "status", exp, "-c", str(jobs["cfg"])],
                           cwd=REPO, env=jobs["env"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
+    lines = done.stdout.splitlines()
+    assert lines and lines[0].split()[:5] == ["RUN", "JOB", "STATE", "REQUEUES", "EXIT"], lines
+    return lines[1:]  # one row per run, under the header
 
 
 def test_cancel_ends_the_jobs(jobs):
@@ -211,7 +213,8 @@ def test_sweep_is_one_array_and_completes_with_metrics(jobs):
         assert (Path(logdir) / "hparams.json").exists() and (Path(logdir) / "code" / "train.py").exists()
         assert "--array=0-3" in (Path(logdir) / "sbatch.sh").read_text()
     lines = status_lines(jobs, "sweep")
-    assert len(lines) == 4 and all(" COMPLETED " in ln and "exit=0" in ln and "miou=" in ln for ln in lines)
+    assert len(lines) == 4 and all(ln.split()[2:5:2] == ["COMPLETED", "0"] and "=" in ln.split()[-1]
+                                   for ln in lines), lines  # STATE, EXIT and a METRIC column
 
 
 def test_failing_command_is_failed_not_completed(jobs):
@@ -219,7 +222,7 @@ def test_failing_command_is_failed_not_completed(jobs):
     assert wait_terminal([job_id], timeout=240)[job_id] == "FAILED"
     assert [e["returncode"] for e in events(logdir) if e["event"] == "exit"] == [2]
     line, = status_lines(jobs, "fail")
-    assert " FAILED " in line and "exit=2" in line
+    assert line.split()[2:5:2] == ["FAILED", "2"], line
 
 
 def test_resubmit_failed_keeps_the_run_and_its_history(jobs):
