@@ -201,6 +201,9 @@ net_down() {  # kill whatever still runs in the namespaces, then remove namespac
   [[ -s $DIR/etc/net.env ]] || return 0
   for n in $(node_names); do
     ns=$(netns_of "$n")
+    # delete the host end of the veth pair ourselves: a namespace outlives `ip netns del` while a
+    # dying process still holds it, and the kernel frees its links later, asynchronously
+    ip link del "hv$NETID${n##*node}" 2>/dev/null || true
     if ip netns list | grep -qw "$ns"; then
       ip netns pids "$ns" | xargs -r kill -9 2>/dev/null || true
       ip netns del "$ns" || true
@@ -208,6 +211,11 @@ net_down() {  # kill whatever still runs in the namespaces, then remove namespac
     rm -rf "/etc/netns/$ns"
   done
   ip link del "hb$NETID" 2>/dev/null || true
+  local i
+  for i in $(seq 50); do  # wait (<= 10 s) until the kernel has let go of every link of this cluster
+    ip -o link show | grep -qE "\bh[bvp]$NETID[0-9]*\b" || break
+    sleep 0.2
+  done
   rm -f "$DIR/etc/net.env"
 }
 

@@ -235,9 +235,6 @@ def test_two_node_run_equals_one_node_two_processes(jobs):
     assert all(torch.equal(a[k], b[k]) for k in a), "two hosts and one host ended with different weights"
 
 
-@pytest.mark.xfail(reason="known: the status watcher does not catch both array runs RUNNING at once since the "
-                          "status table changed (each status call imports torch, seconds under load); open in "
-                          "issue 15", strict=False)
 def test_two_node_array_runs_side_by_side_in_status(jobs):
     """Test 3: two runs of a sweep, each on both hosts, RUNNING together in `status`."""
     ids = [r[0] for r in jobs["sweep"]]
