@@ -97,13 +97,18 @@ def _rgb(color: Any) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------------- registry
 
 _INFOS: dict[str, Callable[..., DatasetInfo]] = {}
+_ROOT_ENVS: dict[str, str] = {}
 
 
-def register_info(name: str) -> Callable[[Callable[..., DatasetInfo]], Callable[..., DatasetInfo]]:
-    """Decorator: ``fn(root, **opts) -> DatasetInfo`` answers for dataset ``name``."""
+def register_info(name: str, root_env: str | None = None
+                  ) -> Callable[[Callable[..., DatasetInfo]], Callable[..., DatasetInfo]]:
+    """Decorator: ``fn(root, **opts) -> DatasetInfo`` answers for dataset ``name``; ``root_env`` is
+    the environment variable holding its root (declared here, so that reading it stays cheap)."""
 
     def wrap(fn: Callable[..., DatasetInfo]) -> Callable[..., DatasetInfo]:
         _INFOS[name] = fn
+        if root_env:
+            _ROOT_ENVS[name] = root_env
         return fn
 
     return wrap
@@ -115,22 +120,14 @@ def dataset_info(name: str, root: str | os.PathLike | None = None, **opts: Any) 
         fn = _INFOS[name]
     except KeyError:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(_INFOS))}") from None
-    return fn(root, **opts)
+    info = fn(root, **opts)
+    return replace(info, root_env=_ROOT_ENVS[name]) if info.root_env is None and name in _ROOT_ENVS else info
 
 
 def root_env_vars() -> tuple[str, ...]:
-    """Every dataset's root environment variable (what a job must inherit)."""
-    from datasets.errors import DatasetConfigError
-
-    out = []
-    for name in sorted(_INFOS):
-        try:
-            env = dataset_info(name).root_env
-        except DatasetConfigError:  # described by a file under its root (custom): no variable
-            continue
-        if env:
-            out.append(env)
-    return tuple(out)
+    """Every dataset's root environment variable (what a job must inherit). Reads the
+    registrations only: no class table is loaded, so ``python -m sbatch`` never imports torch."""
+    return tuple(_ROOT_ENVS[name] for name in sorted(_ROOT_ENVS))
 
 
 def info_for_checkpoint(ckpt: Mapping[str, Any] | None, dataset: str | None = None,
@@ -152,32 +149,32 @@ def info_for_checkpoint(ckpt: Mapping[str, Any] | None, dataset: str | None = No
 
 # ----------------------------------------------------------------------------- datasets
 
-def _cityscapes_like(name: str, root_env: str) -> DatasetInfo:
-    return DatasetInfo.from_table(name, cityscapes_labels.CLASS_NAMES, cityscapes_labels.PALETTE, root_env=root_env)
+def _cityscapes_like(name: str) -> DatasetInfo:
+    return DatasetInfo.from_table(name, cityscapes_labels.CLASS_NAMES, cityscapes_labels.PALETTE)
 
 
-@register_info("cityscapes")
+@register_info("cityscapes", root_env="CITYSCAPES_ROOT")
 def _cityscapes(root: str | os.PathLike | None = None, **_: Any) -> DatasetInfo:
     del root  # the class table is the official one, whatever the root
-    return _cityscapes_like("cityscapes", "CITYSCAPES_ROOT")
+    return _cityscapes_like("cityscapes")
 
 
-@register_info("synthetic")
+@register_info("synthetic", root_env="SYNTHETIC_ROOT")
 def _synthetic(root: str | os.PathLike | None = None, **_: Any) -> DatasetInfo:
     del root
-    return _cityscapes_like("synthetic", "SYNTHETIC_ROOT")
+    return _cityscapes_like("synthetic")
 
 
-@register_info("mapillary")
+@register_info("mapillary", root_env="MAPILLARY_ROOT")
 def _mapillary(root: str | os.PathLike | None = None, **_: Any) -> DatasetInfo:
     """Classes from the dataset's ``config.json`` when the root is known, else 65 generic ones."""
     from datasets.mapillary import load_config
 
     where = Path(root if root is not None else os.environ.get("MAPILLARY_ROOT") or "/nonexistent").expanduser()
     if root is None and not any((where / c).is_file() for c in ("config.json", "config_v1.2.json")):
-        return replace(DatasetInfo.generic(MAPILLARY_NUM_CLASSES, "mapillary"), root_env="MAPILLARY_ROOT")
+        return DatasetInfo.generic(MAPILLARY_NUM_CLASSES, "mapillary")
     names, colors, _lut = load_config(where)
-    return DatasetInfo.from_table("mapillary", names, colors, root_env="MAPILLARY_ROOT")
+    return DatasetInfo.from_table("mapillary", names, colors)
 
 
 @register_info("custom")

@@ -31,8 +31,8 @@ _LAUNCHER_FLAGS = {"--standalone", "--no_python", "--no-python", "--run_path", "
 
 @functools.cache
 def data_env() -> tuple[str, ...]:
-    """Every dataset's root variable plus ASSETS_PATH, DATA_ROOT (bound into containers). Lazy:
-    reading the dataset registry imports torch, which ``status``/``cancel``/``init`` never need."""
+    """Every dataset's root variable plus ASSETS_PATH, DATA_ROOT (bound into containers), read from
+    the registrations alone (no class table, no torch: ``-n`` and ``status`` stay fast)."""
     from datasets.info import root_env_vars
 
     return (*root_env_vars(), "ASSETS_PATH", "DATA_ROOT")

@@ -31,6 +31,7 @@ def test_known_tables_and_root_variables(monkeypatch):
     assert city.class_names == CLASS_NAMES and np.array_equal(city.palette, PALETTE)
     assert city.root_env == "CITYSCAPES_ROOT" and dataset_info("synthetic").root_env == "SYNTHETIC_ROOT"
     assert dataset_info("mapillary").num_classes == 65  # no config.json at hand: Vistas v1.2's count
+    assert dataset_info("mapillary").root_env == "MAPILLARY_ROOT"
     assert {"CITYSCAPES_ROOT", "MAPILLARY_ROOT", "SYNTHETIC_ROOT"} <= set(root_env_vars())
     assert set(list_datasets()) >= {"cityscapes", "mapillary", "synthetic", "folder"}
     with pytest.raises(KeyError, match="cityscapes"):

@@ -164,6 +164,16 @@ def project(tmp_path) -> Path:
     return root
 
 
+def test_dry_run_and_status_do_not_import_torch(project):
+    """`-n` and `status` answer in about a second: reading the datasets' root variables must not
+    load a class table (Mapillary's imported torch, 5 s per call, slow enough that a status
+    watcher missed two short runs running side by side)."""
+    for args in (("exp.yml", "-n"), ("status", "exp")):
+        done = sbatch_cli(project, *args, env={"PYTHONPROFILEIMPORTTIME": "1"})
+        imported = {ln.rsplit("|", 1)[-1].strip() for ln in done.stderr.splitlines() if ln.startswith("import time")}
+        assert "sbatch.cli" in imported and "torch" not in imported, (args, done.stdout[-500:])
+
+
 def test_cli_overrides_with_dry_run_and_interactive(project):
     done = sbatch_cli(project, "exp.yml", "-n", "lr=0.01,0.02", "max_epoch=1")
     assert done.returncode == 0, done.stderr
