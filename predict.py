@@ -63,6 +63,7 @@ from datasets.folder import (
 from datasets.info import DatasetInfo, info_for_checkpoint
 from datasets.raster import GeoError
 from sbatch import slurmenv
+from utils.amp import INFERENCE_DTYPES, inference_dtype
 from utils.dist import pick_device
 from utils.errors import UserError, is_disk_full, run_cli
 from utils.folderjob import Claims, Owner, PartReport, merged_failures, part_suffix, print_unwritten
@@ -94,7 +95,9 @@ class PredictOptions:
     workers: int = flag(DEFAULT_WORKERS, "DataLoader processes decoding images", aliases=("--num_workers",))
     scales: tuple[float, ...] | None = flag(None, "multi-scale inference, e.g. 0.5,1.0,2.0", flag="n_scales")
     flip: bool = flag(False, "average with the horizontally flipped prediction", flag="do_flip")
-    amp: bool = flag(True, "fp16 autocast on CUDA (ignored on the CPU)", negate=True)
+    amp: bool = flag(True, "autocast in --amp_dtype (--no_amp: exact fp32, as --amp_dtype fp32)", negate=True)
+    amp_dtype: str = flag("auto", "auto: bf16 on GPUs that support it, else fp16; on the CPU bf16 only where it is "
+                          "native (AVX-512 BF16/AMX), else fp32; fp32: the exact path", choices=list(INFERENCE_DTYPES))
     color: bool = flag(True, "write colourised labels (color/<rel>.png)", negate=True)
     overlay: bool = flag(False, "write colours blended over the photo (overlay/<rel>.jpg)")
     probs: bool = flag(False, "also write per-class probabilities (prob/<rel>.npz or .tif)")
@@ -125,7 +128,7 @@ class ModelChoice:
                                choices=["cityscapes", "mapillary"])
     num_classes: int | None = flag(None, "class count when the snapshot does not record it")
     eval: str = flag("folder", "accepted for the reference's command lines", choices=["folder"])
-    fp16: bool = flag(False, "accepted (AMP is on by default on CUDA)")
+    fp16: bool = flag(False, "accepted (autocast is on by default, see --amp_dtype)")
     list_missing: bool = flag(False, "print the images still missing or failed (status, path, reason) and exit; "
                               "loads no model")
     device: str | None = flag(None, "auto, cpu, cuda or cuda:N; none: this process's GPU if any, else cpu")
@@ -346,7 +349,9 @@ def _logits_fn(model: nn.Module, device: torch.device, opts: PredictOptions):
     from network import predict as network_predict
     from network.tiling import MemoryPlan, default_budget_bytes
 
-    use_amp = opts.amp and device.type == "cuda"
+    dtype = inference_dtype(device, opts.amp_dtype, opts.amp)
+    print(f"predict: {str(dtype).replace('torch.', '')} on {device.type}"
+          + (" (autocast)" if dtype != torch.float32 else ""), file=sys.stderr)
     budget = default_budget_bytes(device, opts.eval_memory_gb)
     memory = None if budget is None else MemoryPlan(budget)
 
@@ -354,7 +359,7 @@ def _logits_fn(model: nn.Module, device: torch.device, opts: PredictOptions):
         if device.type == "cuda":  # the stacked batch, pinned, copies asynchronously
             x = x.pin_memory()
         x = x.to(device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             return network_predict(model, x, scales=opts.scales, flip=opts.flip, memory=memory)["pred"].float()
 
     return fn

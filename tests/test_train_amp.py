@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.amp import prepare_model, resolve_precision
+import utils.amp
+from utils.amp import inference_dtype, prepare_model, resolve_precision
 
 
 @pytest.mark.parametrize("level, device, dtype, autocast", [
@@ -53,3 +54,57 @@ def test_o3_keeps_batchnorm_in_fp32_and_runs():
     with torch.no_grad(), p.autocast():
         out = model(p.cast_input(torch.randn(1, 3, 8, 8)))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+# ---------------------------------------------------------------- evaluation / predict.py dtype
+
+
+@pytest.mark.parametrize("device, bf16_gpu, native_cpu_bf16, amp_dtype, amp, dtype", [
+    ("cuda", True, False, "auto", True, torch.bfloat16),    # same choice as training's --amp_dtype auto
+    ("cuda", False, False, "auto", True, torch.float16),
+    ("cuda", True, False, "fp16", True, torch.float16),
+    ("cuda", True, False, "fp32", True, torch.float32),     # the exact path, one flag away
+    ("cuda", True, False, "auto", False, torch.float32),    # --no_amp
+    ("cpu", False, False, "auto", True, torch.float32),     # emulated bf16 is slower than fp32 on such CPUs
+    ("cpu", False, True, "auto", True, torch.bfloat16),     # AVX-512 BF16 / AMX
+    ("cpu", False, False, "bf16", True, torch.bfloat16),    # asked for explicitly: any device
+    ("cpu", False, True, "fp32", True, torch.float32),
+    ("cpu", False, True, "bf16", False, torch.float32),
+])
+def test_inference_dtype_choice(device, bf16_gpu, native_cpu_bf16, amp_dtype, amp, dtype, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_a, **_k: bf16_gpu)  # no GPU needed
+    monkeypatch.setattr(utils.amp, "cpu_has_native_bf16", lambda: native_cpu_bf16)
+    assert inference_dtype(torch.device(device), amp_dtype, amp) == dtype
+
+
+def test_inference_dtype_rejects_unknown_names():
+    with pytest.raises(ValueError, match="--amp_dtype"):
+        inference_dtype(torch.device("cpu"), "fp8")
+
+
+class _DtypeSpy(nn.Module):
+    """Records the dtype its convolution computed in (autocast's choice)."""
+
+    num_classes = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.conv(x)
+        self.seen.append(y.dtype)
+        return {"pred": y}
+
+
+@pytest.mark.parametrize("amp_dtype, amp, seen", [("bf16", True, torch.bfloat16), ("fp32", True, torch.float32),
+                                                  ("bf16", False, torch.float32)])
+def test_predict_autocasts_in_the_chosen_dtype_on_the_cpu(amp_dtype, amp, seen, tmp_path):
+    """predict.py used fp16 on CUDA whatever was asked and nothing on the CPU; now --amp_dtype decides."""
+    from predict import PredictOptions, _logits_fn
+
+    spy = _DtypeSpy()
+    opts = PredictOptions(eval_folder=str(tmp_path), result_dir=str(tmp_path / "out"), amp=amp, amp_dtype=amp_dtype)
+    out = _logits_fn(spy, torch.device("cpu"), opts)(torch.randn(1, 3, 8, 8))
+    assert spy.seen == [seen] and out.dtype == torch.float32

@@ -72,6 +72,32 @@ def half_dtype(device: torch.device, amp_dtype: str = "auto") -> torch.dtype:
 
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+INFERENCE_DTYPES = ("auto", "fp16", "bf16", "fp32")
+
+
+def inference_dtype(device: torch.device, amp_dtype: str = "auto", amp: bool = True) -> torch.dtype:
+    """The dtype evaluation autocasts to; float32 means no autocast (the exact path).
+
+    ``amp=False`` or ``fp32``: float32. ``fp16``/``bf16``: that dtype on any device. ``auto``: on
+    GPUs as training's :func:`half_dtype` (bf16 where supported, else fp16); on the CPU bf16 only
+    where it runs natively (AVX-512 BF16 or AMX), float32 elsewhere, where bf16 is emulated and
+    slower than fp32 (bench/RESULTS.md, gpu_speed (CPU): a few % of the fp32 matmul rate).
+    """
+    if amp_dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"--amp_dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {amp_dtype!r}")
+    if not amp or amp_dtype == "fp32":
+        return torch.float32
+    if amp_dtype != "auto" or device.type == "cuda":
+        return half_dtype(device, amp_dtype)
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.float32  # other devices (mps, xpu): fp32 unless a half dtype is asked for
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (AVX-512 BF16 or AMX tiles)."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(bool(check()) for check in checks if check is not None)
 
 
 def prepare_model(model: nn.Module, precision: Precision) -> nn.Module:
