@@ -33,11 +33,11 @@ from utils.amp import Precision, prepare_model, resolve_precision
 from utils.dist import (
     DistInfo,
     any_rank,
-    barrier,
     cleanup,
     init_distributed,
     maybe_sync_batchnorm,
     mean_over_ranks,
+    on_main_rank,
     pick_device,
 )
 from utils.dump import Dumps, ImageDumper, eval_dumps
@@ -319,15 +319,17 @@ def train_one_epoch(s: Setup, t: Trainer, st: State, progress: TrainProgress) ->
 
 
 def save(s: Setup, t: Trainer, st: State, name: str) -> None:
-    """Rank 0 writes ``name`` (last.pth / best.pth) atomically; every rank waits for it."""
-    if s.info.is_main:
+    """Rank 0 writes ``name`` (last.pth / best.pth) atomically; every rank waits for it, and
+    every rank stops if it failed."""
+    def write() -> None:
         ckpt = ckpt_io.build_checkpoint(
             model=s.net, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler,
             epoch=st.epoch, iteration=st.iteration, best_miou=st.best_miou, device=s.info.device,
             sampler=t.sampler.state_dict(), config=s.cfg.to_dict(), dataset_info=s.data.to_dict())
         ckpt["monitor"] = st.monitor.state_dict()
         ckpt_io.save_checkpoint(ckpt, s.cfg.train.result_dir, name)
-    barrier()
+
+    on_main_rank(s.info, f"writing {Path(name).name}", write)
 
 
 def restore(t: Trainer, ckpt: dict[str, Any], device: torch.device, monitor: Monitor) -> State:

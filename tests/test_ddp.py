@@ -49,3 +49,52 @@ def test_syncbn_on_cpu_warns_and_keeps_batchnorm():
     with pytest.warns(UserWarning, match="SyncBatchNorm needs CUDA"):
         out = maybe_sync_batchnorm(model, DistInfo(world_size=2))
     assert isinstance(out[1], nn.BatchNorm2d)
+
+
+RANK0_FAILS = """
+import os, sys, time
+import torch.distributed as dist
+from datetime import timedelta
+from utils.dist import DistInfo, PeerFailed, on_main_rank
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=600))
+def work():
+    raise OSError(28, "No space left on device")
+try:
+    on_main_rank(DistInfo(rank=rank, world_size=2), "writing last.pth", work)
+except PeerFailed as e:
+    print("peer:", e, flush=True)
+    sys.exit(3)
+except OSError as e:
+    print("own:", e, flush=True)
+    time.sleep(600 if rank == 0 else 0)  # alive, as a rank stuck in clean-up (or an NCCL peer nobody notices)
+    sys.exit(4)
+"""
+
+
+def test_rank0_failure_in_its_own_work_ends_the_other_ranks_at_once(tmp_path):
+    """Disk full while rank 0 writes a checkpoint: rank 1 must stop with a message naming it, not
+    wait in the next collective until the process group's timeout (10 min here, 30 min by default)."""
+    import os
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    (tmp_path / "job.py").write_text(RANK0_FAILS)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {**os.environ, "PYTHONPATH": str(repo), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "job.py")], env={**base, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    try:
+        out1, _ = procs[1].communicate(timeout=240)  # imports and start-up, slow on a busy machine
+        rank0_alive = procs[0].poll() is None
+    finally:
+        for p in procs:
+            p.kill()
+    out0 = procs[0].communicate()[0]
+    assert procs[1].returncode == 3 and "peer: rank 0 failed while writing last.pth" in out1, out1
+    assert "own: [Errno 28] No space left on device" in out0, out0
+    assert rank0_alive  # rank 1 learnt it from rank 0, not from rank 0's death

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,28 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+class PeerFailed(RuntimeError):
+    """Rank 0 failed in work only it does; raised on the other ranks so that they end too."""
+
+
+def on_main_rank(info: DistInfo, what: str, work: Callable[[], object]) -> None:
+    """Rank 0 runs ``work``; then every rank learns whether it succeeded (one all-reduce, which
+    is also the barrier). Without the agreement a failure on rank 0 (disk full while writing a
+    checkpoint) leaves the others in the next collective until its timeout (30 min by default;
+    an NCCL peer that died is not noticed sooner) when nothing like ``srun --kill-on-bad-exit``
+    or torchrun ends them."""
+    error: BaseException | None = None
+    if info.is_main:
+        try:
+            work()
+        except Exception as e:  # reported to the others first, then raised here
+            error = e
+    if any_rank(error is not None, info.device):
+        if error is not None:
+            raise error
+        raise PeerFailed(f"rank 0 failed while {what} (its log names the cause); rank {info.rank} stops too")
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
