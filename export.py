@@ -4,7 +4,7 @@
         [--scales 0.5,1.0] [--flip] [--opset 17] [--check-images DIR]
 
 The file is checked with ``onnx.checker``, its ops against TensorRT's ONNX parser, and its
-logits against PyTorch's on real images (``--check-images``; default: generated street
+logits against exact (float64) PyTorch ones on real images (``--check-images``; default: generated street
 scenes): max |diff| and argmax agreement are printed per image. Only a file that passes is
 written to ``--out``. Exit status: 0 written; 1 onnxruntime disagrees beyond ``--rtol`` /
 ``--min-agreement`` (one line, nothing written); 2 bad input. See deploy/onnx_export.py.
@@ -61,11 +61,12 @@ def run(args: argparse.Namespace) -> int:
           f"opset {spec.opset} -> {out}", flush=True)
     with atomic_path(out) as tmp:
         ox.export(model, info, tmp, spec)
-        reference = ox.LogitsModel(model, spec.scales, spec.flip)  # the original model, BatchNorm and all
+        reference = ox.LogitsModel(model, spec.scales, spec.flip)  # the original model (compare: float64)
         rows = ox.compare(ox.session(tmp), reference, images)
         for r in rows:
-            print(f"  {r.name} {r.size[0]}x{r.size[1]}: max |diff| {r.max_abs_diff:.3g} (max |logit| "
-                  f"{r.max_abs_ref:.3g}), argmax agreement {r.argmax_agreement:.4%}")
+            print(f"  {r.name} {r.size[0]}x{r.size[1]}: max |diff| {r.max_abs_diff:.3g} from float64 PyTorch "
+                  f"(PyTorch float32: {r.torch_fp32_diff:.3g}; max |logit| {r.max_abs_ref:.3g}), "
+                  f"argmax agreement {r.argmax_agreement:.4%}")
         problem = ox.judge(rows, args.rtol, args.min_agreement)
         if problem:
             print(f"export.py: error: {problem}; nothing written to {out}", file=sys.stderr)

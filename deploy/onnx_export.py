@@ -12,6 +12,13 @@ Exporter: torch's dynamo exporter (``torch.export``). The TorchScript exporter t
 skip of no-op resizes and the multi-scale sizes as constants and gives wrong logits at other
 input sizes, so it is not used.
 
+The check compares onnxruntime with the exact (float64) evaluation of the original PyTorch
+model, not with its float32 one: float32 is not a yardstick. An untrained model (BatchNorm
+statistics that do not normalise, activations of 1e4, saturated attention softmaxes in the OCR
+head) amplifies float32 round-off to ~1e-3 of the largest logit, so two correct float32
+implementations (PyTorch, onnxruntime) disagree by the sum of their errors while each is close
+to the exact logits. PyTorch float32's own error is reported beside the file's for scale.
+
 Opset 17 by default: TensorRT 8.5/8.6 (JetPack 5 and 6.0 on Jetson) parse opsets up to 17,
 TensorRT 10 and onnxruntime >= 1.14 accept it too, and nothing in this model needs a newer
 op. Every op is checked against :data:`TENSORRT_OPS` after export.
@@ -20,6 +27,7 @@ op. Every op is checked against :data:`TENSORRT_OPS` after export.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import warnings
@@ -168,25 +176,31 @@ def session(path: str | Path, threads: int | None = None) -> Any:
 
 @dataclass
 class Agreement:
-    """onnxruntime vs PyTorch on one image."""
+    """onnxruntime vs exact (float64) PyTorch on one image; ``torch_fp32_diff``: PyTorch float32's own error."""
 
     name: str
     size: tuple[int, int]
     max_abs_diff: float
     max_abs_ref: float
     argmax_agreement: float
+    torch_fp32_diff: float = float("nan")
 
 
 def compare(sess: Any, reference: nn.Module, images: Iterable[tuple[str, torch.Tensor]]) -> list[Agreement]:
-    """Logits of ``sess`` and ``reference`` on each ``(name, (C, H, W) normalised tensor)``."""
+    """Logits of ``sess`` against ``reference`` evaluated in float64, on each ``(name, (C, H, W) tensor)``.
+
+    ``reference`` itself (float32) runs too, to report how far PyTorch float32 is from exact.
+    """
+    exact = copy.deepcopy(reference).double()
     rows = []
     for name, x in images:
         with torch.inference_mode():
-            ref = reference(x[None]).float().numpy()
-        got = sess.run([OUTPUT], {INPUT: x[None].numpy()})[0].astype(np.float32)
+            ref = exact(x[None].double()).numpy()
+            fp32 = reference(x[None]).double().numpy()
+        got = sess.run([OUTPUT], {INPUT: x[None].numpy()})[0].astype(np.float64)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         rows.append(Agreement(name, size, float(np.abs(got - ref).max()), float(np.abs(ref).max()),
-                              float((got.argmax(1) == ref.argmax(1)).mean())))
+                              float((got.argmax(1) == ref.argmax(1)).mean()), float(np.abs(fp32 - ref).max())))
     return rows
 
 
@@ -195,8 +209,8 @@ def judge(rows: Sequence[Agreement], rtol: float, min_agreement: float) -> str |
     for r in rows:
         tol = rtol * max(1.0, r.max_abs_ref)
         if r.max_abs_diff > tol or r.argmax_agreement < min_agreement:
-            return (f"onnxruntime differs from PyTorch on {r.name} ({r.size[0]}x{r.size[1]}): max |diff| "
-                    f"{r.max_abs_diff:.3g} (tolerance {tol:.3g} = --rtol x max |logit|), argmax agreement "
+            return (f"onnxruntime differs from exact (float64) PyTorch on {r.name} ({r.size[0]}x{r.size[1]}): "
+                    f"max |diff| {r.max_abs_diff:.3g} (tolerance {tol:.3g} = --rtol x max |logit|), argmax agreement "
                     f"{r.argmax_agreement:.4%} (need {min_agreement:.2%})")
     return None
 
