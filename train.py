@@ -395,13 +395,16 @@ def validate(s: Setup, st: State, epoch: int, t: Trainer | None = None) -> dict[
     decision = st.monitor.update(metrics[cfg.train.monitor], epoch, st.iteration)
     improved = decision.improved and not cfg.eval.no_metrics  # best.pth follows --monitor
     st.best_miou = max(st.best_miou, metrics["miou"])
-    if info.is_main and not cfg.eval.no_metrics:
+    def report() -> None:
         where = f"epoch {epoch} iteration {st.iteration}" if cfg.eval.eval is None else f"--eval {cfg.eval.eval}"
         s.logger.msg(f"{where}: mIoU {100 * metrics['miou']:.2f}\n" + format_table(metrics, ds.class_names))
         s.logger.val(epoch, metrics, ds.class_names, st.iteration)
         for i, panel in enumerate(dumper.panels):
             s.logger.image(f"val_images/{i}", panel, st.iteration)
         write_metrics(rd, metrics, ds.class_names, {"best_miou": st.best_miou})
+
+    if not cfg.eval.no_metrics:
+        on_main_rank(info, "writing the validation metrics", report)
     if improved and t is not None:
         save(s, t, st, ckpt_io.BEST)
     if t is not None:
