@@ -30,12 +30,18 @@ Exit status: 0 done; 3 more than ``--max_fail_ratio`` of the shard's images fail
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports (torch: seconds): a SIGTERM meanwhile ends the run cleanly
+    import signal as _signal
+
+    from utils.signals import defer_stop_signals
+
+    defer_stop_signals((_signal.SIGTERM,))
+
 import argparse
 import contextlib
 import io
 import json
 import os
-import signal
 import sys
 import time
 from collections import deque
@@ -68,6 +74,7 @@ from utils.dist import pick_device
 from utils.errors import UserError, is_disk_full, run_cli
 from utils.folderjob import Claims, Owner, PartReport, merged_failures, part_suffix, print_unwritten
 from utils.io import atomic_write_bytes, atomic_write_json, ensure_output_dir, remove_stale_temps
+from utils.signals import exit_on_signal
 
 EXIT_TOO_MANY_FAILURES = 3
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -754,10 +761,6 @@ def with_data_defaults(opts: PredictOptions, info: DatasetInfo) -> PredictOption
     return replace(opts, bands=opts.bands or info.bands, **stats)
 
 
-def _on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through `finally`: reports are written, writes finish
-
-
 def list_missing(opts: PredictOptions, out: TextIO | None = None) -> int:
     """``--list_missing``: this shard's images without complete outputs, with the recorded reason.
 
@@ -800,11 +803,11 @@ def _main(argv: Sequence[str]) -> int:
     if not args.arch:
         raise PredictError("--arch is required (only --list_missing runs without a model)")
     device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    model, info = load_model(args.arch, args.snapshot, dataset=args.dataset, num_classes=args.num_classes)
-    opts = with_data_defaults(opts, info)
-    summary = predict_folder(model.to(device), opts, palette=info.palette, class_names=info.class_names,
-                             device=device)
+    with exit_on_signal(prog="predict.py"):  # SIGTERM unwinds through `finally`: reports written, writes finish
+        model, info = load_model(args.arch, args.snapshot, dataset=args.dataset, num_classes=args.num_classes)
+        opts = with_data_defaults(opts, info)
+        summary = predict_folder(model.to(device), opts, palette=info.palette, class_names=info.class_names,
+                                 device=device)
     if not summary.ok:
         print(f"predict: {summary.failed} of {summary.total} images failed ({summary.fail_ratio:.2%} > "
               f"--max_fail_ratio {opts.max_fail_ratio:.2%}); see {opts.result_dir}/failures.csv",

@@ -8,6 +8,11 @@ builders; :func:`train_one_epoch` and :func:`evaluate` are the loops. Exit statu
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports (torch: seconds): a SIGTERM meanwhile is a start-up stop, exit 75
+    from utils.signals import defer_stop_signals
+
+    defer_stop_signals()
+
 import contextlib
 import os
 import shutil

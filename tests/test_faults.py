@@ -335,6 +335,43 @@ def test_sigterm_during_start_up_exits_75(tmp_path):
     assert "during start-up" in err and "rerun the same command" in err and "Traceback" not in err
 
 
+# While this hook holds `import torch` for 3 s, the program is still importing; a marker file says so.
+SLOW_TORCH_IMPORT = """
+import importlib.abc, pathlib, runpy, sys, time
+marker, script = pathlib.Path(sys.argv[1]), sys.argv[2]
+class SlowTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not marker.exists():
+            marker.write_text("importing torch")
+            time.sleep(3)
+sys.meta_path.insert(0, SlowTorch())
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(("prog", "exit_status"), [("train.py", 75), ("predict.py", 143)])
+def test_sigterm_while_importing_torch_is_a_clean_start_up_stop(tmp_path, prog, exit_status):
+    """Before: a SIGTERM while train.py/predict.py still imported torch killed them (-15 / 143 from
+    the shell, nothing said; train.py's job counted as failed, not requeued)."""
+    import signal
+
+    marker, out = tmp_path / "importing", tmp_path / "out"
+    args = (tiny_args(tmp_path / "fresh", out) if prog == "train.py" else
+            ["--arch", "ocrnet.HRNet_w18s", "--eval_folder", str(tmp_path), "--result_dir", str(out)])
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_TORCH_IMPORT, str(marker), str(REPO / prog), *args],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == exit_status, err[-2000:]
+    assert "during start-up" in err and "rerun the same command" in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "fresh").exists()  # nothing created, nothing half-written
+
+
 # ----------------------------------------------------------------------------- item 18: metrics.csv
 
 def test_metrics_csv_has_one_val_row_per_epoch_after_a_resume(tmp_path):

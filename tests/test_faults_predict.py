@@ -28,6 +28,7 @@ from predict import predict_folder
 from tests.test_predict import CountingSeg, labels, make_tree, opts_for
 from utils.errors import UserError
 from utils.folderjob import Claims, Owner, part_suffix
+from utils.signals import exit_on_signal
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -182,12 +183,8 @@ class SignalledSeg(CountingSeg):
 def test_sigterm_records_an_interrupted_run_not_ok(tmp_path: Path) -> None:
     rels = make_tree(tmp_path / "in", per_dir=4, dirs=("a", "b"))
     out = tmp_path / "out"
-    previous = signal.signal(signal.SIGTERM, predict._on_sigterm)  # what main() installs
-    try:
-        with pytest.raises(SystemExit):
-            predict_folder(SignalledSeg(), opts_for(tmp_path / "in", out, batch_size=2))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(SystemExit), exit_on_signal():  # what main() installs
+        predict_folder(SignalledSeg(), opts_for(tmp_path / "in", out, batch_size=2))
     run = json.loads((out / "reports" / "summary.json").read_text())["runs"][-1]
     assert run["status"] == "interrupted" and run["ok"] is False  # before: "ok": true
     assert run["not_started"] == len(rels) - run["done"] - run["failed"] > 0
@@ -197,6 +194,40 @@ def test_sigterm_records_an_interrupted_run_not_ok(tmp_path: Path) -> None:
     s = predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, batch_size=2))
     assert s.ok and s.done + s.skipped == len(rels)
     assert json.loads((out / "summary.json").read_text())["ok"] is True
+
+
+def test_main_in_process_puts_the_previous_sigterm_handler_back(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: predict.main() left its SIGTERM handler installed in the caller (tests, notebooks),
+    so a later SIGTERM raised SystemExit in whatever ran next."""
+    from datasets.info import DatasetInfo
+
+    make_tree(tmp_path / "in", per_dir=2, dirs=("a",))
+    sentinel = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        bad = ["--arch", "ocrnet.HRNet_w18s", "--snapshot", str(tmp_path / "missing.pth"),
+               "--eval_folder", str(tmp_path / "in"), "--result_dir", str(tmp_path / "out0")]
+        assert predict.main(bad) == 2  # fails after the handler is installed
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        monkeypatch.setattr(predict, "load_model", lambda *_a, **_k: (CountingSeg(), DatasetInfo.generic(5)))
+        good = ["--arch", "test", "--eval_folder", str(tmp_path / "in"), "--result_dir", str(tmp_path / "out1"),
+                "--num_workers", "0", "--no_progress", "--device", "cpu"]
+        assert predict.main(good) == 0 and len(labels(tmp_path / "out1")) == 2
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, sentinel)
+
+
+def test_a_rerun_finished_within_the_same_second_is_the_parts_latest_run() -> None:
+    """`updated` has one-second resolution: an interrupted run and its rerun finishing within one second
+    left the merged summary "ok": false (test_sigterm_records_an_interrupted_run_not_ok was flaky)."""
+    from utils.folderjob import part_status
+
+    t = "2026-11-30T04:57:40"
+    runs = [{"status": "interrupted", "ok": False, "updated": t, "host": "elsewhere"},
+            {"status": "complete", "ok": True, "updated": t, "host": "elsewhere"}]
+    assert part_status(runs)["ok"] is True
+    assert part_status(runs[::-1])["latest"]["status"] == "interrupted"  # the list order decides a tie
 
 
 # ---------------------------------------------------------------- 14: --list_missing

@@ -250,7 +250,9 @@ def part_status(runs: list[dict]) -> dict:
         return not any(f.get("started", "") > r.get("updated", "") and not f.get("elsewhere") for f in finished)
 
     running = [r for r in runs if r.get("status") == "running" and going(r)]
-    latest = max(finished, key=lambda r: r.get("updated", ""), default=None)
+    # `updated` has one-second resolution: of runs finished within one second the later one in the
+    # list (written later, under the lock) wins (the stable sort keeps list order among equal times)
+    latest = sorted(finished, key=lambda r: r.get("updated", ""))[-1] if finished else None
     ok = latest is not None and not running and latest.get("status") == "complete" and bool(latest.get("ok"))
     return {"ok": ok, "status": "running" if running else (latest or {}).get("status", "never finished"),
             "running": len(running), "latest": latest}

@@ -9,11 +9,35 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import types
 from collections.abc import Iterator
 
 EXIT_REQUEUE = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_deferred: list[int] = []  # stop signals that arrived while the program was still importing
+
+
+def defer_stop_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
+    """The first thing ``train.py``/``predict.py`` do as programs, before their heavy imports.
+
+    Importing torch takes seconds; a SIGTERM then used to kill the process with 143 (counted as
+    failed, not requeued). Now the signal is only recorded, and :func:`stop_raises` or
+    :func:`exit_on_signal` acts on it as soon as the program enters them.
+    """
+    for s in signals:
+        signal.signal(s, _defer)
+
+
+def _defer(signum: int, _frame: types.FrameType | None) -> None:
+    _deferred.append(signum)
+
+
+def take_deferred() -> int | None:
+    """The first stop signal recorded by :func:`defer_stop_signals` (and forget them all), if any."""
+    signum = _deferred[0] if _deferred else None
+    _deferred.clear()
+    return signum
 
 
 class StopRequest:
@@ -63,6 +87,31 @@ def stop_raises() -> Iterator[None]:
 
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
+        deferred = take_deferred()
+        if deferred is not None:
+            raise StartupStop(deferred)
+        yield
+    finally:
+        for s, prev in previous.items():
+            signal.signal(s, prev)
+
+
+@contextlib.contextmanager
+def exit_on_signal(signals: tuple[signal.Signals, ...] = (signal.SIGTERM,), prog: str = "") -> Iterator[None]:
+    """While active, a signal raises ``SystemExit(128 + signum)`` (what a kill would report) instead of
+    killing the process: ``finally`` blocks still run, so reports are written and pending writes finish.
+    The previous handlers come back on exit (tests and notebooks call ``predict.main`` in-process).
+    A stop signal deferred during the imports ends the program here, before any work."""
+    def handler(signum: int, _frame: types.FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        deferred = take_deferred()
+        if deferred is not None:
+            print(f"{prog}: stopped by signal {deferred} during start-up, before any work: nothing written; "
+                  f"rerun the same command; exit {128 + deferred}", file=sys.stderr, flush=True)
+            raise SystemExit(128 + deferred)
         yield
     finally:
         for s, prev in previous.items():
