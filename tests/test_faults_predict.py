@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import os
 import re
@@ -119,6 +120,42 @@ def test_disk_full_keeps_the_failures_recorded_before_and_says_enospc(
     # before: every image was attempted, then writing failures.csv raised and no report existed
     assert list(rows(out / "reports" / "failures.csv")) == ["a/0bad.jpg"]
     assert list(rows(out / "failures.csv")) == ["a/0bad.jpg"]
+
+
+KILLED_AFTER_FAILURES = """
+import os, signal, sys
+from predict import predict_folder
+from tests.test_predict import CountingSeg, opts_for
+class KillsItself(CountingSeg):  # the first image that decodes: SIGKILL, no `finally` runs
+    def forward(self, x):
+        os.kill(os.getpid(), signal.SIGKILL)
+predict_folder(KillsItself(), opts_for(sys.argv[1], sys.argv[2], max_fail_ratio=1.0))
+"""
+
+
+@pytest.mark.slow  # a subprocess with 130 failures (100 rewrites of the reports)
+def test_a_killed_run_loses_no_failure_row(tmp_path: Path) -> None:
+    """Before: past the first 100 failures the report was rewritten only every 10 s, so a crash
+    lost up to 10 s of failure rows (here rows 101..130)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    bad = [f"a/{i:03d}.jpg" for i in range(130)]
+    for rel in bad:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"not a jpeg")
+    make_tree(src, per_dir=1, dirs=("z",))  # decodes last: the model is run, and kills the process
+    done = subprocess.run([sys.executable, "-c", KILLED_AFTER_FAILURES, str(src), str(out)], cwd=REPO,
+                          env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    from utils.folderjob import merged_failures
+
+    assert sorted(merged_failures(out)) == bad  # every row, from the reports the killed run left
+    listed = io.StringIO()
+    assert predict.list_missing(opts_for(src, out), listed) == 1
+    assert sorted(ln.split("\t")[1] for ln in listed.getvalue().splitlines() if ln.startswith("failed")) == bad
+    # the next run folds the dead run's journal (and its own) into the part's CSV
+    assert predict_folder(CountingSeg(), opts_for(src, out, max_fail_ratio=1.0)).failed == len(bad)
+    assert not list((out / "reports").glob("failures@*.csv"))
+    assert sorted(rows(out / "failures.csv")) == bad
 
 
 def test_disk_full_exits_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -7,12 +7,14 @@ or duplicate jobs write into one result folder::
     .claims/<hash>.claim        one per image in flight: its owner (host, pid, run); removed when done
     reports/summary<part>.json  per range and shard ("part"): each run's status and counts
     reports/failures<part>.csv  that part's images that failed and are still not done
+    reports/failures<part>@<run>.csv  a run's failures, appended one by one (folded in at its end)
     summary.json, failures.csv  the merged view over every part, rebuilt whenever a part is written
 
 A claim is taken with an exclusive create, so two processes never work on one image; the
 claim of a dead process (same host: its pid is gone; another host: older than the stale
-timeout) is taken over. Reports are rewritten atomically as failures happen, so a crash or a
-full disk keeps what was recorded before it.
+timeout) is taken over. Each failure is appended to the run's journal at once and the reports
+are rewritten atomically from time to time, so a crash (even SIGKILL) or a full disk keeps every
+failure recorded before it.
 """
 
 from __future__ import annotations
@@ -156,6 +158,9 @@ def _read_json(path: Path) -> dict | None:
 # ---------------------------------------------------------------- reports
 
 
+FAILURE_HEADER = ("path", "reason", "time", "label")
+
+
 class Failure(NamedTuple):
     reason: str
     time: str  # ISO local time: the latest record of an image wins
@@ -174,7 +179,7 @@ def read_failures(path: Path) -> dict[str, Failure]:
 def failures_text(rows: dict[str, Failure]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "reason", "time", "label"])
+    writer.writerow(FAILURE_HEADER)
     writer.writerows([p, *f] for p, f in sorted(rows.items()))
     return buf.getvalue()
 
@@ -194,6 +199,11 @@ class PartReport:
 
     Other runs of the same part (a second process, an earlier run) keep their entries; a
     failure whose image has been completed since leaves the lists at the final write.
+    Each failure is appended (and flushed) to this run's journal ``reports/failures<part>@<run>.csv``
+    at once, so a crash loses none; the part's CSV and the merged view are rewritten for each of
+    the first 100 failures, then every ``every_s`` seconds (a rewrite costs O(failures)), and at
+    the end, which folds the journal in and removes it. Readers (the merged view, ``--list_missing``)
+    read journals too, also those a killed run left.
     """
 
     def __init__(self, result_dir: str | os.PathLike, part: str, owner: Owner,
@@ -203,6 +213,7 @@ class PartReport:
         self.every_s = every_s
         self.failures: dict[str, Failure] = {}
         self.last_write = 0.0
+        self._journal: TextIO | None = None
 
     @property
     def summary_path(self) -> Path:
@@ -212,10 +223,27 @@ class PartReport:
     def failures_path(self) -> Path:
         return self.result_dir / REPORTS / f"failures{self.part}.csv"
 
+    @property
+    def journal_path(self) -> Path:
+        """``@`` appears in no part name (part_suffix), so ``failures<part>@*`` is this part's alone."""
+        return self.result_dir / REPORTS / f"failures{self.part}@{self.owner.run_id}-{_host_tag()}.csv"
+
     def fail(self, rel: str, reason: str, label: str) -> None:
-        self.failures[rel] = Failure(reason, time.strftime("%Y-%m-%dT%H:%M:%S"), label)
+        failure = Failure(reason, time.strftime("%Y-%m-%dT%H:%M:%S"), label)
+        self.failures[rel] = failure
+        self._append(rel, failure)
         if len(self.failures) <= 100 or time.monotonic() - self.last_write > self.every_s:
             self.write()
+
+    def _append(self, rel: str, failure: Failure) -> None:
+        """One row, written and flushed to the OS now: it survives the process being killed."""
+        if self._journal is None:
+            self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+            self._journal = open(self.journal_path, "a", newline="")  # noqa: SIM115 (open until the final write)
+            if self._journal.tell() == 0:
+                csv.writer(self._journal).writerow(FAILURE_HEADER)
+        csv.writer(self._journal).writerow([rel, *failure])
+        self._journal.flush()
 
     def write(self, final: bool = False) -> None:
         """Merge this run into the part's files and rebuild the merged view, under one lock."""
@@ -224,15 +252,47 @@ class PartReport:
         self.last_write = time.monotonic()
         (self.result_dir / REPORTS).mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.result_dir / REPORTS / ".lock")):
-            rows = {**read_failures(self.failures_path), **self.failures}
+            rows, journals = read_failures(self.failures_path), self._finished_journals(final)
+            for journal in journals:
+                rows.update(read_failures(journal))
+            rows.update(self.failures)
             if final:  # only now: one stat per failed image
                 rows = {p: f for p, f in rows.items() if not (self.result_dir / f.label).exists()}
             atomic_write_text(self.failures_path, failures_text(rows))
+            self._remove_journals(journals)
             old = _read_json(self.summary_path) or {}
             runs = [r for r in old.get("runs", []) if r.get("run_id") != self.owner.run_id]
             runs = (runs + [self.record()])[-MAX_RUNS_KEPT:]
             atomic_write_json(self.summary_path, {"part": self.part or "(all)", "runs": runs})
             write_merged_view(self.result_dir, final)
+
+
+    def _finished_journals(self, final: bool) -> list[Path]:
+        """Journals of this part whose rows can move into its CSV now: this run's at its final write,
+        and those of runs that ended without one (this host; named ``...@<time>-<pid>-<host>.csv``)."""
+        done = []
+        for path in sorted(self.journal_path.parent.glob(f"failures{self.part}@*.csv")):
+            if path == self.journal_path:
+                if final:
+                    done.append(path)
+                continue
+            _, pid, host = (path.stem.rsplit("@", 1)[1].split("-") + ["", "", ""])[:3]
+            if host == _host_tag() and pid.isdigit() and not pid_alive(int(pid)):
+                done.append(path)
+        return done
+
+    def _remove_journals(self, journals: list[Path]) -> None:
+        """After the CSV holding their rows has been replaced (a crash in between only repeats rows)."""
+        for path in journals:
+            if path == self.journal_path and self._journal is not None:
+                self._journal.close()
+                self._journal = None
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def part_status(runs: list[dict]) -> dict:
