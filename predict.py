@@ -66,7 +66,7 @@ from datasets.folder import (
     output_stems,
     shard,
 )
-from datasets.info import DatasetInfo, info_for_checkpoint
+from datasets.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, info_for_checkpoint
 from datasets.raster import GeoError
 from sbatch import slurmenv
 from utils.amp import INFERENCE_DTYPES, inference_dtype
@@ -81,7 +81,9 @@ DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 MANIFEST = "predict_manifest.json"
 # settings that change the pixels of an output: a resume with other values would mix results
 MANIFEST_KEYS = ("arch", "snapshot", "num_classes", "infer_short_side", "size_divisor", "scales",
-                 "flip", "bands", "band_mean", "band_std", "tile", "overlap")
+                 "flip", "bands", "band_mean", "band_std", "tile", "overlap", "image_mean", "image_std")
+# what a manifest written before a key existed means by its absence (photos were ImageNet-normalised)
+MANIFEST_LEGACY = {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}
 
 
 class PredictError(UserError, RuntimeError):
@@ -112,6 +114,10 @@ class PredictOptions:
     bands: tuple[int, ...] | None = flag(None, "zero-based raster bands, e.g. 0,1,2; none: the first three")
     band_mean: tuple[float, ...] | None = flag(None, "per-band mean in the raster's units; none: ImageNet's")
     band_std: tuple[float, ...] | None = flag(None, "per-band standard deviation in the raster's units")
+    image_mean: tuple[float, ...] | None = flag(None, "photo normalisation, RGB on a 0..1 scale; none: the "
+                                                "checkpoint's (its dataset.yaml's), ImageNet's without one")
+    image_std: tuple[float, ...] | None = flag(None, "photo standard deviation, RGB on a 0..1 scale; none: "
+                                               "the checkpoint's, ImageNet's without one")
     tile: int = flag(1024, "raster window size in pixels")
     overlap: int = flag(128, "overlap between raster windows in pixels (blended)")
     max_pixels: int = flag(DEFAULT_MAX_PIXELS, "images larger than this many pixels are reported as failed")
@@ -335,12 +341,14 @@ def check_manifest(opts: PredictOptions, num_classes: int) -> None:
     """Refuse to resume into a result folder made with other settings (mixed outputs)."""
     settings = {k: v for k, v in asdict(opts).items() if k in MANIFEST_KEYS}
     settings["num_classes"] = num_classes
+    settings["image_mean"], settings["image_std"] = photo_stats(opts)
     if settings.get("snapshot"):  # the same file, however it was spelled (predict.py or train.py)
         settings["snapshot"] = str(Path(settings["snapshot"]).resolve())
     settings = json.loads(json.dumps(settings, default=str))
     path = Path(opts.result_dir) / MANIFEST
     if path.exists() and not opts.overwrite:
         old = json.loads(path.read_text())
+        old = {**MANIFEST_LEGACY, **old}
         diff = sorted(k for k in MANIFEST_KEYS if old.get(k) != settings.get(k))
         if diff:
             raise PredictError(f"{opts.result_dir} holds outputs made with other settings ({', '.join(diff)}: "
@@ -548,9 +556,10 @@ def _photo_batches(ds: torch.utils.data.Dataset, run: _Run, opts: PredictOptions
 def _run_photos(items: list[Item], logits_fn, run: _Run, opts: PredictOptions) -> None:
     if not items:
         return
+    mean, std = photo_stats(opts)
     ds = FolderDataset(opts.eval_folder, files=[it.rel for it in items], short_side=opts.infer_short_side,
                        size_divisor=opts.size_divisor, max_pixels=opts.max_pixels,
-                       keep_original=opts.overlay)
+                       keep_original=opts.overlay, mean=mean, std=std)
     outputs = [_recheck(run.result_dir, it, opts) for it in items]
     for batch in _photo_batches(_ClaimingDataset(ds, [it.stem for it in items], outputs, run.claims), run, opts):
         for sample, result in _infer_with_oom_fallback(logits_fn, batch, opts.probs, run):
@@ -753,10 +762,21 @@ def load_model(arch: str, snapshot: str | None, *, dataset: str | None = None, n
     return model, info
 
 
+def photo_stats(opts: PredictOptions) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std photos are normalised with: ``--image_mean``/``--image_std``, else ImageNet's."""
+    mean, std = opts.image_mean or IMAGENET_MEAN, opts.image_std or IMAGENET_STD
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise PredictError(f"--image_mean {list(mean)} --image_std {list(std)}: need three numbers each "
+                           "(RGB, 0..1 scale), the standard deviations positive")
+    return tuple(mean), tuple(std)
+
+
 def with_data_defaults(opts: PredictOptions, info: DatasetInfo) -> PredictOptions:
-    """Raster bands and their normalisation from the checkpoint's data, unless given on the command line."""
+    """Normalisation from the checkpoint's data, as training used it, unless given on the command line:
+    photos get its mean/std (RGB checkpoints); rasters its bands and their statistics."""
     if info.bands is None:
-        return opts
+        return replace(opts, image_mean=opts.image_mean or tuple(info.mean),
+                       image_std=opts.image_std or tuple(info.std))
     stats: dict[str, Any] = {} if opts.band_mean or opts.band_std else {"band_mean": info.mean, "band_std": info.std}
     return replace(opts, bands=opts.bands or info.bands, **stats)
 

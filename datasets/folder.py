@@ -233,7 +233,8 @@ def to_model_input(rgb: np.ndarray, size: tuple[int, int], mean: Sequence[float]
 class FolderDataset(Dataset):
     """Images under ``root`` for inference (``build_dataset("folder", root=DIR)``).
 
-    ``ds[i]`` is ``{"image": FloatTensor (3, h, w) ImageNet-normalised at inference size,
+    ``ds[i]`` is ``{"image": FloatTensor (3, h, w) normalised with ``mean``/``std`` (RGB, 0..1 scale;
+    predict.py passes the checkpoint's, ImageNet's by default) at inference size,
     "name": relative path, "index": i, "size": (H, W) original, "error": ""}``; with
     ``keep_original=True`` also ``"original"``: uint8 ``(H, W, 3)`` RGB (for overlays). A
     bad image gives ``error`` = the reason, an empty ``image`` and ``size`` ``(0, 0)``.
@@ -246,7 +247,8 @@ class FolderDataset(Dataset):
                  files: Sequence[str] | None = None, subdirs: str | None = None,
                  short_side: int | None = None, size_divisor: int = 1,
                  max_pixels: int = DEFAULT_MAX_PIXELS, keep_original: bool = False,
-                 num_classes: int = 19, ignore_index: int = 255) -> None:
+                 num_classes: int = 19, ignore_index: int = 255,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         del split, cv  # accepted for build_dataset's common signature; a folder has no splits
         self.root = Path(root)
         self.files = list(files) if files is not None else discover_images(self.root, subdirs)
@@ -255,6 +257,7 @@ class FolderDataset(Dataset):
         self.size_divisor = size_divisor
         self.max_pixels = max_pixels
         self.keep_original = keep_original
+        self.mean, self.std = tuple(mean), tuple(std)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = default_class_names(num_classes)
@@ -274,7 +277,10 @@ class FolderDataset(Dataset):
                 record["original"] = torch.empty(0, 0, 3, dtype=torch.uint8)
             return record
         size = inference_size(rgb.shape[0], rgb.shape[1], self.short_side, self.size_divisor)
-        image = self.transform(rgb, None)[0] if self.transform is not None else to_model_input(rgb, size)
+        if self.transform is not None:
+            image = self.transform(rgb, None)[0]
+        else:
+            image = to_model_input(rgb, size, self.mean, self.std)
         record.update(image=image, size=tuple(rgb.shape[:2]))
         if self.keep_original:
             record["original"] = torch.from_numpy(rgb)

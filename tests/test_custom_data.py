@@ -265,3 +265,65 @@ def test_eval_output_dir_only_moves_inside_a_training_run(tmp_path):
     assert eval_output_dir(tmp_path, "val") == tmp_path
     (tmp_path / "last.pth").write_bytes(b"x")
     assert eval_output_dir(tmp_path, "val") == tmp_path / "eval_val"
+
+
+
+def test_photos_are_normalised_as_in_training_with_the_checkpoints_mean_std(tmp_path, monkeypatch):
+    """Before: predict.py normalised photos with ImageNet's mean/std whatever dataset.yaml said;
+    now train, eval and predict hand the model the same tensor for the same image."""
+    import predict
+    from config import parse_config
+    from network.checkpoint import build_model
+    from train import build_datasets
+
+    root = write_folder_dataset(tmp_path / "mydata", num_train=2, num_val=1)  # 64x96: no resize anywhere
+    (root / "dataset.yaml").write_text((root / "dataset.yaml").read_text() + "mean: [0.3, 0.5, 0.7]\n"
+                                       "std: [0.1, 0.2, 0.4]\n")
+    cfg = parse_config(["--dataset", "custom", "--dataset_root", str(root), "--arch", "ocrnet.HRNet_w18s",
+                        "--crop_size", "64,96", "--scale_min", "1", "--scale_max", "1", "--color_aug", "0",
+                        "--result_dir", str(tmp_path / "run")])
+    train_ds, val_ds = build_datasets(cfg, train=True)  # training's scale 1 and full-size crop: the image itself
+    trained = next(train_ds[i]["image"] for i in range(len(train_ds)) if "train_000" in train_ds[i]["name"])
+    evaluated = val_ds[0]["image"]
+    info = load_spec(root).info()
+    ckpt = tmp_path / "best.pth"
+    net = build_model("ocrnet.HRNet_w18s", info.num_classes, trunk_weights=None)
+    torch.save({"state_dict": net.state_dict(), "arch": "ocrnet.HRNet_w18s", "num_classes": info.num_classes,
+                "dataset_info": info.to_dict()}, ckpt)
+    seen: list[torch.Tensor] = []
+    real = predict._infer_batch
+
+    def recording(fn, batch, probs):
+        seen.extend(s["image"] for s in batch)
+        return real(fn, batch, probs)
+
+    monkeypatch.setattr(predict, "_infer_batch", recording)
+    for split in ("val", "train"):  # val_000, then train_000 and train_001
+        assert predict.main(["--arch", "ocrnet.HRNet_w18s", "--snapshot", str(ckpt), "--eval_folder",
+                             str(root / "images" / split), "--result_dir", str(tmp_path / f"out_{split}"),
+                             "--num_workers", "0", "--bs_val", "1", "--no_progress", "--device", "cpu"]) == 0
+    assert torch.equal(seen[0], evaluated)
+    assert torch.equal(seen[1], trained) or torch.equal(seen[1].flip(-1), trained)  # training flips at random
+
+
+def test_photo_stats_flags_override_and_older_result_folders_still_resume(tmp_path):
+    import predict
+    from datasets.info import DatasetInfo
+    from predict import PredictOptions, check_manifest, with_data_defaults
+
+    info = DatasetInfo.from_dict({**DatasetInfo.generic(3).to_dict(), "mean": [0.3, 0.5, 0.7], "std": [0.1, 0.2, 0.4]})
+    opts = PredictOptions(eval_folder=str(tmp_path), result_dir=str(tmp_path / "out"))
+    assert predict.photo_stats(with_data_defaults(opts, info)) == ((0.3, 0.5, 0.7), (0.1, 0.2, 0.4))
+    given = with_data_defaults(PredictOptions(eval_folder="x", result_dir="y", image_mean=(0.5, 0.5, 0.5)), info)
+    assert predict.photo_stats(given) == ((0.5, 0.5, 0.5), (0.1, 0.2, 0.4))  # --image_mean alone: std as saved
+    with pytest.raises(predict.PredictError, match="--image_mean"):
+        predict.photo_stats(PredictOptions(eval_folder="x", result_dir="y", image_mean=(0.5,)))
+    # a manifest written before photo statistics were recorded meant ImageNet's: same settings, resumes
+    (tmp_path / "out").mkdir()
+    check_manifest(opts, 3)
+    manifest = tmp_path / "out" / predict.MANIFEST
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items()
+                                    if k not in ("image_mean", "image_std")}))
+    check_manifest(opts, 3)
+    with pytest.raises(predict.PredictError, match="image_mean"):
+        check_manifest(with_data_defaults(opts, info), 3)  # other statistics: other pixels, refused
