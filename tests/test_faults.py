@@ -185,15 +185,19 @@ def test_names_reaching_sbatch_directives_or_paths_are_validated(sbatch_project,
 
 ODD_ENV = {"SYNTHETIC_ROOT": "/nonexistent/odd synth", "CITYSCAPES_ROOT": "/nonexistent/cs",
            "MAPILLARY_ROOT": "/nonexistent/mv", "HMSA_CACHE_DIR": "/nonexistent/cache", "ASSETS_PATH": "/odd",
-           "HMSA_DEBUG": "1", "HMSA_SWEEP_RUN": "odd", "SLURM_PROCID": "3", "SLURM_NTASKS": "7",
-           "SLURM_ARRAY_TASK_ID": "5", "SLURM_JOB_ID": "99", "SLURM_RESTART_COUNT": "2"}
+           "HMSA_DEBUG": "1", "HMSA_SWEEP_RUN": "3", "SLURM_PROCID": "3", "SLURM_NTASKS": "7",
+           "SLURM_ARRAY_TASK_ID": "5", "SLURM_JOB_ID": "99", "SLURM_RESTART_COUNT": "2", "RANK": "1",
+           "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "badhost", "MASTER_PORT": "1",
+           "CUDA_VISIBLE_DEVICES": "0", "SBATCH_PARTITION": "odd"}
 
 
 @pytest.mark.slow  # a pytest subprocess that imports train.py
 def test_tests_do_not_depend_on_the_callers_environment():
     """test_task_spec_binds_logroot_and_data failed with SYNTHETIC_ROOT set (as the README says)."""
     tests = ["tests/test_sbatch.py::test_task_spec_binds_logroot_and_data",
-             "tests/test_faults.py::test_unknown_dataset_is_one_line_naming_the_flag"]
+             "tests/test_faults.py::test_unknown_dataset_is_one_line_naming_the_flag",
+             "tests/test_predict.py::test_rerun_skips_everything_and_deleted_output_is_regenerated_alone",
+             "tests/test_faults_predict.py::test_main_in_process_puts_the_previous_sigterm_handler_back"]
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                           cwd=REPO, env={**os.environ, **ODD_ENV}, capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, done.stdout[-3000:]

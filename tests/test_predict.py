@@ -276,8 +276,8 @@ def test_command_line_is_generated_from_the_options_with_help_and_the_old_flag_n
 
     flags = {s: a for a in build_parser()._actions for s in a.option_strings if s not in ("-h", "--help")}
     old = ("arch snapshot eval_folder result_dir dataset num_classes eval subdirs shard infer_short_side "
-           "size_divisor batch_size bs_val workers num_workers n_scales do_flip no_amp amp_dtype fp16 no_color overlay probs "
-           "no_geotiff bands band_mean band_std tile overlap max_pixels max_fail_ratio overwrite no_progress device "
-           "list_missing claim_timeout eval_memory_gb compile")
+           "size_divisor batch_size bs_val workers num_workers n_scales do_flip no_amp amp_dtype fp16 no_color "
+           "overlay probs no_geotiff bands band_mean band_std tile overlap max_pixels max_fail_ratio overwrite "
+           "no_progress device list_missing claim_timeout eval_memory_gb compile image_mean image_std")
     assert set(flags) == {f"--{n}" for n in old.split()}
     assert all(a.help for a in flags.values())
