@@ -10,8 +10,8 @@
     images: images/{split}/*.png      # glob under the root; {split} = the split's folder name
     labels: labels/{split}/{stem}.png # the label of each image; {stem} = image name without extension
     splits: {train: train, val: val.txt}  # a folder name for {split}, or a list file of image paths
-    mean: [0.485, 0.456, 0.406]       # optional, RGB on a 0..1 scale
-    std: [0.229, 0.224, 0.225]
+    mean: [0.485, 0.456, 0.406]       # optional, RGB on a 0..1 scale; default: dataset_stats.json's
+    std: [0.229, 0.224, 0.225]        # (python -m datasets.check --write_stats), else ImageNet's
     raster:                           # optional: images are GeoTIFFs with N bands, labels one band
       bands: [0, 1, 2, 3, 4, 5]       # zero-based bands to use (the model takes len(bands) channels)
       mean: [...]                     # per band, raster units (python -m datasets.check --write_stats)
@@ -161,6 +161,7 @@ class _Reader:
         if raster is not None and encoding != "ids":
             raise self.fail("label_encoding", "ids for rasters (one band of class ids)", encoding)
         ext = ".tif" if raster else ".png"
+        mean, std = self.rgb_stats(data, stats if raster is None else {})
         return DatasetSpec(
             root=root, path=self.path, name=self.get(data, "name", _name, "a non-empty name", root.resolve().name),
             classes=classes,
@@ -172,9 +173,17 @@ class _Reader:
                             f"labels/{{split}}/{{stem}}{'.tif' if raster else '.png'}"),
             splits=self.get(data, "splits", _splits, "a mapping split: folder name or list file",
                             {"train": "train", "val": "val"}),
-            mean=self.get(data, "mean", lambda v: _floats(v, 3), "three numbers (0..1 scale)", IMAGENET_MEAN),
-            std=self.get(data, "std", lambda v: _floats(v, 3, positive=True), "three positive numbers", IMAGENET_STD),
-            raster=raster)
+            mean=mean, std=std, raster=raster)
+
+    def rgb_stats(self, data: dict, stats: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Photos' mean/std: dataset.yaml's; else those ``datasets.check --write_stats`` measured
+        (when neither is in dataset.yaml); else ImageNet's."""
+        measured = stats.get("unit") == "rgb 0..1" and stats.get("bands") == [0, 1, 2]
+        if measured and "mean" not in data and "std" not in data:
+            return tuple(float(v) for v in stats["mean"]), tuple(float(v) for v in stats["std"])
+        return (self.get(data, "mean", lambda v: _floats(v, 3), "three numbers (0..1 scale)", IMAGENET_MEAN),
+                self.get(data, "std", lambda v: _floats(v, 3, positive=True), "three positive numbers",
+                         IMAGENET_STD))
 
     def classes(self, data: dict) -> tuple[ClassInfo, ...]:
         items = self.get(data, "classes", _list, "a list of {id, name, color}")

@@ -327,3 +327,19 @@ def test_photo_stats_flags_override_and_older_result_folders_still_resume(tmp_pa
     check_manifest(opts, 3)
     with pytest.raises(predict.PredictError, match="image_mean"):
         check_manifest(with_data_defaults(opts, info), 3)  # other statistics: other pixels, refused
+
+
+def test_measured_rgb_stats_are_used_for_photos_unless_dataset_yaml_sets_them(tmp_path):
+    """Before: `datasets.check --write_stats` on a photo dataset wrote dataset_stats.json, which
+    nothing read: training, evaluation and predict.py kept ImageNet's mean/std."""
+    from datasets.check import main as check
+
+    root = write_folder_dataset(tmp_path / "photos", num_train=2, num_val=1)
+    assert check(["--dataset_root", str(root), "--write_stats", "--no_progress"]) == 0
+    measured = json.loads((root / "dataset_stats.json").read_text())
+    spec = load_spec(root)
+    assert spec.mean == tuple(measured["mean"]) and spec.std == tuple(measured["std"])
+    assert spec.info().mean == spec.mean  # and so into every checkpoint, and predict.py
+    assert spec.mean != (0.485, 0.456, 0.406)
+    (root / "dataset.yaml").write_text((root / "dataset.yaml").read_text() + "mean: [0.5, 0.5, 0.5]\n")
+    assert load_spec(root).mean == (0.5, 0.5, 0.5)  # dataset.yaml wins
