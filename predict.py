@@ -816,14 +816,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
-    opts = options_from_args(args)
-    if args.list_missing:
-        return list_missing(opts)
-    if not args.arch:
-        raise PredictError("--arch is required (only --list_missing runs without a model)")
-    device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
-    with exit_on_signal(prog="predict.py"):  # SIGTERM unwinds through `finally`: reports written, writes finish
+    # SIGTERM -> SystemExit(143), unwinding through `finally`: reports written, pending writes finish
+    with exit_on_signal(prog="predict.py"):
+        args = build_parser().parse_args(argv)
+        opts = options_from_args(args)
+        if args.list_missing:
+            return list_missing(opts)
+        if not args.arch:
+            raise PredictError("--arch is required (only --list_missing runs without a model)")
+        device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
         model, info = load_model(args.arch, args.snapshot, dataset=args.dataset, num_classes=args.num_classes)
         opts = with_data_defaults(opts, info)
         summary = predict_folder(model.to(device), opts, palette=info.palette, class_names=info.class_names,

@@ -255,6 +255,27 @@ def test_main_in_process_puts_the_previous_sigterm_handler_back(tmp_path: Path,
         signal.signal(signal.SIGTERM, sentinel)
 
 
+def test_sigterm_ends_list_missing_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The program defers SIGTERM while importing; every path of main() must take it over, or a
+    long --list_missing would ignore SIGTERM (here the previous handler is SIG_IGN, as a stand-in)."""
+    import time
+
+    def slow_listing(_opts: object) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)
+        return 0
+
+    monkeypatch.setattr(predict, "list_missing", slow_listing)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            predict.main(["--list_missing", "--eval_folder", str(tmp_path), "--result_dir", str(tmp_path / "o")])
+        assert stopped.value.code == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_rerun_finished_within_the_same_second_is_the_parts_latest_run() -> None:
     """`updated` has one-second resolution: an interrupted run and its rerun finishing within one second
     left the merged summary "ok": false (test_sigterm_records_an_interrupted_run_not_ok was flaky)."""
