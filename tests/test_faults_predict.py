@@ -152,6 +152,7 @@ def test_a_killed_run_loses_no_failure_row(tmp_path: Path) -> None:
     listed = io.StringIO()
     assert predict.list_missing(opts_for(src, out), listed) == 1
     assert sorted(ln.split("\t")[1] for ln in listed.getvalue().splitlines() if ln.startswith("failed")) == bad
+    assert "missing\tz/img0.jpg" in listed.getvalue()  # its claim died with it: not "claimed" by a dead pid
     # the next run folds the dead run's journal (and its own) into the part's CSV
     assert predict_folder(CountingSeg(), opts_for(src, out, max_fail_ratio=1.0)).failed == len(bad)
     assert not list((out / "reports").glob("failures@*.csv"))

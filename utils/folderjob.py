@@ -118,7 +118,14 @@ class Claims:
                     path.unlink()
 
     def holder(self, stem: str) -> dict | None:
-        return _read_json(self.path(stem))
+        """Who holds ``stem`` now; ``None`` also when the claim is stale (its process is gone)."""
+        path = self.path(stem)
+        held = _read_json(path)
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return None if held is None or self._is_stale(held, age) else held
 
     def _remove_if_stale(self, path: Path) -> bool:
         try:
