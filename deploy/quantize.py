@@ -206,8 +206,8 @@ def measure(variants: dict, samples: Sequence[tuple[torch.Tensor, np.ndarray]], 
 def table(rows: Sequence[Row]) -> str:
     lines = ["| precision | file MiB | mIoU | mIoU loss vs fp32 (points) | median ms | p90 ms |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r.precision} | {r.mib:.1f} | {r.miou:.4f} | {r.miou_loss_points:+.2f} | {r.median_ms:.1f} | "
-              f"{r.p90_ms:.1f} |" for r in rows]
+    lines += [f"| {r.precision} | {r.mib:.1f} | {r.miou:.4f} | {round(r.miou_loss_points, 2) + 0.0:+.2f} | "
+              f"{r.median_ms:.1f} | {r.p90_ms:.1f} |" for r in rows]  # + 0.0: no "-0.00"
     return "\n".join(lines)
 
 
@@ -228,10 +228,27 @@ def build_parser() -> argparse.ArgumentParser:
     a("--repeats", type=int, default=10, help="timed runs per precision")
     a("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     a("--out-dir", "--out_dir", dest="out_dir", default=None, help="default: the --onnx file's folder")
+    a("--results-section", "--results_section", dest="results_section", default=None,
+      help="also write the table as this section of bench/RESULTS.md (with the command and machine)")
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def write_results(section: str, report: dict, rows: Sequence[Row], argv: Sequence[str]) -> None:
+    """The report as section ``section`` of bench/RESULTS.md (bench._results: command, machine, load)."""
+    from bench._results import write_section
+
+    meta = read_metadata(report["onnx"])
+    body = (f"`{report['arch']}` exported with scales {meta.get('scales')} and flip {meta.get('flip')}; mIoU on "
+            f"{report['images']} images of `{report['dataset']}/{report['split']}`, int8 calibrated on "
+            f"{report['calibration_images']} images; latency batch 1 at {rows[0].input_size[0]}x"
+            f"{rows[0].input_size[1]} on onnxruntime's CPU provider, {report['threads']} thread(s), 1-minute "
+            f"load average {report['load_average_1min']:.1f} at the end (shared machine: times are inflated "
+            "and noisy; fp32 in the same run is the baseline). mIoU loss = fp32 mIoU - mIoU, in points.\n\n"
+            + table(rows))
+    write_section(section, body, command="python -m deploy.quantize " + " ".join(argv))
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from utils.io import atomic_write_json
 
     src = Path(args.onnx)
@@ -254,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
     print(table(rows))
     print(f"quantize: mIoU on {len(samples)} images of {args.dataset}/{args.split}; loss = fp32 mIoU - mIoU, "
           f"in points; report {out_dir / 'quantize_report.json'}")
+    if args.results_section:
+        write_results(args.results_section, report, rows, argv)
     return 0
 
 
@@ -261,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from utils.errors import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run_cli("deploy.quantize", lambda: run(build_parser().parse_args(argv)), argv)
+    return run_cli("deploy.quantize", lambda: run(build_parser().parse_args(argv), argv), argv)
 
 
 if __name__ == "__main__":

@@ -137,16 +137,20 @@ def test_bad_flags_are_one_line_exit_2(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # exports take minutes on a loaded 2-core machine
-def test_quantize_int8_fp16_report(mscale_onnx, synthetic_root, tmp_path):
+def test_quantize_int8_fp16_report(mscale_onnx, synthetic_root, tmp_path, monkeypatch):
     import onnx
 
+    import bench._results
     from deploy.onnx_export import TENSORRT_OPS, session
     from deploy.quantize import main
 
+    monkeypatch.setattr(bench._results, "RESULTS", tmp_path / "RESULTS.md")
     rc = main(["--onnx", str(mscale_onnx), "--calib", str(synthetic_root / "leftImg8bit" / "train"),
                "--calib-count", "4", "--dataset", "synthetic", "--dataset_root", str(synthetic_root),
-               "--val-count", "2", "--repeats", "2", "--out-dir", str(tmp_path)])
+               "--val-count", "2", "--repeats", "2", "--out-dir", str(tmp_path), "--results-section", "q"])
     assert rc == 0
+    section = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- begin q -->" in section and "--results-section q" in section and "| int8 |" in section
     report = json.loads((tmp_path / "quantize_report.json").read_text())
     rows = {r["precision"]: r for r in report["rows"]}
     assert set(rows) == {"fp32", "fp16", "int8"} and rows["fp32"]["miou_loss_points"] == 0.0
