@@ -7,6 +7,8 @@ under autocast.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,11 +17,23 @@ CLIP_MIN = 1e-6     # added to the probabilities
 POS_ALPHA = 5e-4    # added to the diagonal to keep covariances positive definite
 
 
+@dataclass(frozen=True)
+class EncodedTarget:
+    """What the loss needs from a label map, built once per step (:meth:`RMILoss.encode`) and shared
+    by every output the criterion scores (pred, aux, pred_lo, pred_hi)."""
+
+    onehot: torch.Tensor  # N, C, H, W float32; all zero at ignored pixels
+    mask: torch.Tensor    # N, 1, H, W float32; 1 at valid pixels
+    count: torch.Tensor   # number of valid pixels + 1 (the BCE's normaliser)
+
+
 class RMILoss(nn.Module):
     """``forward(logits, target, do_rmi=True)``; ``do_rmi=False`` returns the BCE part only.
 
-    Labels ``>= num_classes`` (e.g. ``ignore_index=255``) are ignored: they count in neither
-    part. ``pool_way``: 0 max-pool, 1 avg-pool (default), 2 interpolation.
+    ``target``: the label map, or :meth:`encode`'s form of it when several outputs are scored against
+    one target (the one-hot map is then built once). Labels ``>= num_classes`` (e.g.
+    ``ignore_index=255``) are ignored: they count in neither part. ``pool_way``: 0 max-pool,
+    1 avg-pool (default), 2 interpolation.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, radius: int = 3, pool_way: int = 1,
@@ -40,21 +54,32 @@ class RMILoss(nn.Module):
         self.weight_lambda = loss_weight_lambda
         self.lambda_way = lambda_way
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, do_rmi: bool = True) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor | EncodedTarget,
+                do_rmi: bool = True) -> torch.Tensor:
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return self._forward(logits.float(), target, do_rmi)
+            enc = target if isinstance(target, EncodedTarget) else self.encode(target)
+            return self._forward(logits.float(), enc, do_rmi)
 
-    def _forward(self, logits: torch.Tensor, target: torch.Tensor, do_rmi: bool) -> torch.Tensor:
+    def encode(self, target: torch.Tensor) -> EncodedTarget:
+        """The float32 one-hot map (zero at ignored pixels), the valid mask and count of ``target``.
+
+        Scattered straight into a float32 (N, C, H, W) map: the same values as
+        ``one_hot(...).permute(...).float() * valid`` without its int64 (N, H, W, C) intermediate.
+        """
         valid = target < self.num_classes                                        # N, H, W
-        onehot = F.one_hot(target * valid, self.num_classes).permute(0, 3, 1, 2)
-        onehot = onehot.to(logits.dtype) * valid.unsqueeze(1)                    # N, C, H, W
-        mask = valid.unsqueeze(1).to(logits.dtype)
-        bce = F.binary_cross_entropy_with_logits(logits, onehot, weight=mask, reduction="sum")
-        bce = bce / (valid.sum() + 1.0)
+        mask = valid.unsqueeze(1).float()
+        onehot = torch.zeros((target.shape[0], self.num_classes, *target.shape[1:]), dtype=torch.float32,
+                             device=target.device)
+        onehot.scatter_(1, (target * valid).unsqueeze(1), mask)                  # ignored pixels: class 0 <- 0
+        return EncodedTarget(onehot, mask, valid.sum() + 1.0)
+
+    def _forward(self, logits: torch.Tensor, target: EncodedTarget, do_rmi: bool) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits, target.onehot, weight=target.mask, reduction="sum")
+        bce = bce / target.count
         if not do_rmi:
             return bce
-        probs = logits.sigmoid() * mask + CLIP_MIN
-        rmi = self.rmi_lower_bound(onehot, probs)
+        probs = logits.sigmoid() * target.mask + CLIP_MIN
+        rmi = self.rmi_lower_bound(target.onehot, probs)
         if self.lambda_way:
             return self.weight_lambda * bce + (1 - self.weight_lambda) * rmi
         return bce + self.weight_lambda * rmi

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from loss.cross_entropy import CrossEntropyLoss2d, ImageBasedCrossEntropyLoss2d
-from loss.rmi import RMILoss
+from loss.rmi import EncodedTarget, RMILoss
 
 
 class SegLoss(nn.Module):
@@ -19,7 +19,8 @@ class SegLoss(nn.Module):
     cross-entropy when ``img_wt``, else cross-entropy. ``pred`` gets the full criterion;
     ``aux`` gets it without the RMI term unless ``ocr_aux_rmi``; with ``mscale_weight > 0``
     (the reference's ``supervised_mscale_loss_wt``) ``pred_lo`` and ``pred_hi`` get it
-    without the RMI term. Outputs without ``aux``/``pred_lo`` simply skip those terms.
+    without the RMI term. Outputs without ``aux``/``pred_lo`` simply skip those terms. With RMI the
+    target's one-hot map is built once and shared by the terms.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, rmi: bool = False,
@@ -40,10 +41,13 @@ class SegLoss(nn.Module):
     def forward(self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         if "pred" not in outputs:
             raise KeyError(f"SegLoss needs the model's 'pred' output; got keys {sorted(outputs)}")
-        loss = self.criterion(outputs["pred"], target, do_rmi=True)
+        t: torch.Tensor | EncodedTarget = target
+        if isinstance(self.criterion, RMILoss):
+            t = self.criterion.encode(target)  # one one-hot map for all terms
+        loss = self.criterion(outputs["pred"], t, do_rmi=True)
         if self.aux_weight and "aux" in outputs:
-            loss = loss + self.aux_weight * self.criterion(outputs["aux"], target, do_rmi=self.ocr_aux_rmi)
+            loss = loss + self.aux_weight * self.criterion(outputs["aux"], t, do_rmi=self.ocr_aux_rmi)
         if self.mscale_weight and "pred_lo" in outputs:
-            loss = loss + self.mscale_weight * self.criterion(outputs["pred_lo"], target, do_rmi=False)
-            loss = loss + self.mscale_weight * self.criterion(outputs["pred_hi"], target, do_rmi=False)
+            loss = loss + self.mscale_weight * self.criterion(outputs["pred_lo"], t, do_rmi=False)
+            loss = loss + self.mscale_weight * self.criterion(outputs["pred_hi"], t, do_rmi=False)
         return loss

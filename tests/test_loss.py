@@ -160,3 +160,29 @@ def test_segloss_combines_terms_like_the_reference():
     torch.testing.assert_close(SegLoss(C)({"pred": out["pred"]}, target), ce(out["pred"], target))
     with pytest.raises(KeyError, match="pred"):
         SegLoss(C)({"aux": out["aux"]}, target)
+
+
+def test_rmi_target_encoding_equals_the_one_hot_of_valid_labels():
+    _, target = _case()
+    enc = RMILoss(C).encode(target)
+    valid = target < C
+    want = F.one_hot(target * valid, C).permute(0, 3, 1, 2).float() * valid[:, None]
+    assert enc.onehot.dtype == torch.float32 and torch.equal(enc.onehot, want)
+    assert torch.equal(enc.mask, valid[:, None].float()) and enc.count.item() == valid.sum().item() + 1
+
+
+def test_segloss_encodes_the_target_once_for_all_terms(monkeypatch):
+    """The one-hot map was rebuilt for each of pred, aux, pred_lo, pred_hi (4x the loss's time on the CPU)."""
+    logits, target = _case()
+    out = {k: (logits + i).requires_grad_() for i, k in enumerate(("pred", "aux", "pred_lo", "pred_hi"))}
+    crit = SegLoss(C, rmi=True, mscale_weight=0.5)
+    want = crit(out, target)  # the same value whether the target comes encoded or not
+    manual = (crit.criterion(out["pred"], target) + 0.4 * crit.criterion(out["aux"], target, do_rmi=False)
+              + 0.5 * crit.criterion(out["pred_lo"], target, do_rmi=False)
+              + 0.5 * crit.criterion(out["pred_hi"], target, do_rmi=False))
+    assert torch.equal(want, manual)
+    calls = []
+    encode = RMILoss.encode
+    monkeypatch.setattr(RMILoss, "encode", lambda self, t: calls.append(1) or encode(self, t))
+    crit(out, target).backward()
+    assert len(calls) == 1
