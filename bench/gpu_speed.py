@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import platform
 import statistics
 import sys
 import time
@@ -90,6 +91,15 @@ def count_flops(fn: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def cpu_description() -> str:
+    """The CPU's vector capability as torch sees it, and whether it has bf16 in hardware."""
+    from utils.amp import cpu_has_native_bf16
+
+    native = "yes" if cpu_has_native_bf16() else "no (bf16 is emulated)"
+    return (f"CPU ({platform.processor() or platform.machine()}, torch kernels: "
+            f"{torch.backends.cpu.get_cpu_capability()}, native bf16 (AVX-512 BF16 / AMX): {native})")
 
 
 def load() -> float:
@@ -219,6 +229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train_size", type=pair, default=None, help="H,W (default 1024,1024 CUDA, 256,256 CPU)")
     p.add_argument("--train_batch", type=int, default=None, help="default 2 (BatchNorm needs 2 at small sizes)")
     p.add_argument("--reps", type=int, default=None, help="default 5 CUDA, 3 CPU")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's); 1 on a shared CPU, where OpenMP spin-waiting distorts")
     p.add_argument("--compile", action="store_true", help="add torch.compile variants")
     p.add_argument("--skip_train", action="store_true")
     p.add_argument("--no_write", action="store_true", help="print only; do not touch bench/RESULTS.md")
@@ -230,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     from network import get_model
 
     a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     torch.backends.cudnn.benchmark = True
@@ -254,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows), flush=True)
     if not a.skip_train:
         rows += bench_train(arch, a.num_classes, train_size, a.train_batch or 2, device, reps, peaks, bf16)
-    body = (f"Device: {torch.cuda.get_device_name(device) if cuda else 'CPU'}; arch {arch}, {a.num_classes} classes. "
+    body = (f"Device: {torch.cuda.get_device_name(device) if cuda else cpu_description()}; arch {arch}, "
+            f"{a.num_classes} classes. "
             f"Matmul {n}x{n}: fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.0f} "
-            f"GFLOP/s, measured in this run.{skipped}\n\n" + table(rows))
+            f"GFLOP/s, measured in this run ({torch.get_num_threads()} thread(s)).{skipped}\n\n" + table(rows))
     print(body)
     if not a.no_write:
         command = "python -m bench.gpu_speed " + " ".join(argv or sys.argv[1:])
