@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     body += f"\n\n{a.note}" if a.note else ""
     print(body)
     if not a.no_write:
-        args = [v for v in (argv or sys.argv[1:]) if v != a.note]  # the note is in the section already
+        args = [v for v in (argv or sys.argv[1:]) if v != a.note]
+        args = [v if v != "--note" else "--note '<the reading below>'" for v in args]
         write_section("profile_train", body, "python -m bench.profile_train " + " ".join(args))
     return 0
 
