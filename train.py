@@ -597,7 +597,8 @@ def eval_folder(cfg: Config) -> int:
     opts = predict.PredictOptions(
         eval_folder=str(e.eval_folder), result_dir=cfg.train.result_dir, subdirs=e.subdirs, shard=e.shard,
         infer_short_side=e.infer_short_side, batch_size=cfg.data.bs_val, workers=cfg.data.num_workers,
-        scales=e.n_scales, flip=e.do_flip, amp=cfg.amp_level != "O0", eval_memory_gb=e.eval_memory_gb,
+        scales=e.n_scales, flip=e.do_flip, amp=cfg.amp_level != "O0", amp_dtype=cfg.train.amp_dtype,
+        eval_memory_gb=e.eval_memory_gb,
         compile=cfg.train.compile, overlay=e.dump_assets, probs=e.probs,
         arch=cfg.model.arch, snapshot=snapshot)
     try:
