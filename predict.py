@@ -824,6 +824,7 @@ def _main(argv: Sequence[str]) -> int:
             return list_missing(opts)
         if not args.arch:
             raise PredictError("--arch is required (only --list_missing runs without a model)")
+        photo_stats(opts)  # a bad --image_mean/--image_std is named before the model is built
         device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
         model, info = load_model(args.arch, args.snapshot, dataset=args.dataset, num_classes=args.num_classes)
         opts = with_data_defaults(opts, info)

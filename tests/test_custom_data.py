@@ -329,6 +329,19 @@ def test_photo_stats_flags_override_and_older_result_folders_still_resume(tmp_pa
         check_manifest(with_data_defaults(opts, info), 3)  # other statistics: other pixels, refused
 
 
+def test_bad_photo_stats_are_named_before_the_model_is_loaded(tmp_path, capsys):
+    """Before: a wrong --image_mean was reported only after the checkpoint was read and the model
+    built (seconds, or another error first)."""
+    import predict
+
+    (tmp_path / "in").mkdir()
+    rc = predict.main(["--eval_folder", str(tmp_path / "in"), "--result_dir", str(tmp_path / "out"),
+                       "--arch", "ocrnet.HRNet_Mscale_w18s", "--snapshot", str(tmp_path / "missing.pth"),
+                       "--image_mean", "0.5,0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--image_mean" in err and "missing.pth" not in err, err
+
+
 def test_measured_rgb_stats_are_used_for_photos_unless_dataset_yaml_sets_them(tmp_path):
     """Before: `datasets.check --write_stats` on a photo dataset wrote dataset_stats.json, which
     nothing read: training, evaluation and predict.py kept ImageNet's mean/std."""
