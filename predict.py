@@ -23,19 +23,18 @@ claim files (utils/folderjob.py). Failures are recorded as they happen; a run's 
 
 Exit status: 0 done; 3 more than ``--max_fail_ratio`` of the shard's images failed
 (listed in the failures CSV); 2 bad arguments; 1 a full disk (named) or anything else;
-143 SIGTERM (the report says "interrupted"). ``--list_missing``: 0 nothing left, 1 otherwise.
+143 SIGTERM, 138 SIGUSR1 (the warning ``python -m sbatch`` jobs get before their time limit; the
+report says "interrupted", the job is requeued and resumes). ``--list_missing``: 0 nothing left, 1 otherwise.
 
 ``train.py --eval folder`` calls :func:`predict_folder` with its own model.
 """
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before the imports (torch: seconds): a SIGTERM meanwhile ends the run cleanly
-    import signal as _signal
+if __name__ == "__main__":  # before the imports (torch: seconds): a stop signal meanwhile ends the run cleanly
+    from utils.signals import STOP_SIGNALS, defer_stop_signals
 
-    from utils.signals import defer_stop_signals
-
-    defer_stop_signals((_signal.SIGTERM,))
+    defer_stop_signals(STOP_SIGNALS)
 
 import argparse
 import contextlib
@@ -74,7 +73,7 @@ from utils.dist import pick_device
 from utils.errors import UserError, is_disk_full, run_cli
 from utils.folderjob import Claims, Owner, PartReport, merged_failures, part_suffix, print_unwritten
 from utils.io import atomic_write_bytes, atomic_write_json, ensure_output_dir, remove_stale_temps
-from utils.signals import exit_on_signal
+from utils.signals import STOP_SIGNALS, exit_on_signal
 
 EXIT_TOO_MANY_FAILURES = 3
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -816,8 +815,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str]) -> int:
-    # SIGTERM -> SystemExit(143), unwinding through `finally`: reports written, pending writes finish
-    with exit_on_signal(prog="predict.py"):
+    # SIGTERM/SIGUSR1 -> SystemExit(128 + signum), unwinding through `finally`: reports written,
+    # pending writes finish (by default SIGUSR1, Slurm's warning signal, would kill it outright)
+    with exit_on_signal(STOP_SIGNALS, prog="predict.py"):
         args = build_parser().parse_args(argv)
         opts = options_from_args(args)
         if args.list_missing:

@@ -210,19 +210,27 @@ def test_part_names() -> None:
 
 
 class SignalledSeg(CountingSeg):
-    """Receives a real SIGTERM after its second batch, as a preempted Slurm job does."""
+    """Receives a real stop signal after its second batch, as a preempted Slurm job does."""
+
+    signum = signal.SIGTERM
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.seen >= 4:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
         return super().forward(x)
 
 
-def test_sigterm_records_an_interrupted_run_not_ok(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_sigterm_records_an_interrupted_run_not_ok(tmp_path: Path, signum: int) -> None:
+    """SIGUSR1 too: `python -m sbatch` jobs get it before their time limit; by default it killed
+    predict.py outright (no report, pending writes lost) and the job was requeued mid-write."""
     rels = make_tree(tmp_path / "in", per_dir=4, dirs=("a", "b"))
     out = tmp_path / "out"
-    with pytest.raises(SystemExit), exit_on_signal():  # what main() installs
-        predict_folder(SignalledSeg(), opts_for(tmp_path / "in", out, batch_size=2))
+    seg = SignalledSeg()
+    seg.signum = signum
+    with pytest.raises(SystemExit) as stopped, exit_on_signal(predict.STOP_SIGNALS):  # what main() installs
+        predict_folder(seg, opts_for(tmp_path / "in", out, batch_size=2))
+    assert stopped.value.code == 128 + signum
     run = json.loads((out / "reports" / "summary.json").read_text())["runs"][-1]
     assert run["status"] == "interrupted" and run["ok"] is False  # before: "ok": true
     assert run["not_started"] == len(rels) - run["done"] - run["failed"] > 0
