@@ -72,22 +72,27 @@ except OSError as e:
 """
 
 
-def test_rank0_failure_in_its_own_work_ends_the_other_ranks_at_once(tmp_path):
-    """Disk full while rank 0 writes a checkpoint: rank 1 must stop with a message naming it, not
-    wait in the next collective until the process group's timeout (10 min here, 30 min by default)."""
+def start_two_ranks(tmp_path, script: str) -> list:
+    """Two gloo processes on 127.0.0.1 running ``script`` (RANK in their environment)."""
     import os
     import socket
     import subprocess
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
-    (tmp_path / "job.py").write_text(RANK0_FAILS)
+    (tmp_path / "job.py").write_text(script)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = {**os.environ, "PYTHONPATH": str(repo), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    procs = [subprocess.Popen([sys.executable, str(tmp_path / "job.py")], env={**base, "RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    return [subprocess.Popen([sys.executable, str(tmp_path / "job.py")], env={**base, "RANK": str(r)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+
+
+def test_rank0_failure_in_its_own_work_ends_the_other_ranks_at_once(tmp_path):
+    """Disk full while rank 0 writes a checkpoint: rank 1 must stop with a message naming it, not
+    wait in the next collective until the process group's timeout (10 min here, 30 min by default)."""
+    procs = start_two_ranks(tmp_path, RANK0_FAILS)
     try:
         out1, _ = procs[1].communicate(timeout=240)  # imports and start-up, slow on a busy machine
         rank0_alive = procs[0].poll() is None
@@ -98,3 +103,35 @@ def test_rank0_failure_in_its_own_work_ends_the_other_ranks_at_once(tmp_path):
     assert procs[1].returncode == 3 and "peer: rank 0 failed while writing last.pth" in out1, out1
     assert "own: [Errno 28] No space left on device" in out0, out0
     assert rank0_alive  # rank 1 learnt it from rank 0, not from rank 0's death
+
+
+WORST_IMAGES = """
+import os, sys
+import torch, torch.distributed as dist
+from datasets.cityscapes_labels import CLASS_NAMES, PALETTE
+from utils.dump import WorstImages
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", rank=rank, world_size=2)
+w = WorstImages(sys.argv[0].rsplit("/", 1)[0] + "/worst", 2, PALETTE, CLASS_NAMES, rank=rank)
+masks = torch.zeros(2, 8, 8, dtype=torch.long)
+preds = masks.clone()
+if rank == 0:
+    preds[1, :4] = 1  # b: half wrong; a: right
+else:
+    preds[0] = 1  # c: all wrong
+    preds[1, :2] = 1  # d: a quarter wrong
+names = ["a", "b"] if rank == 0 else ["c", "d"]
+w.dump({"mask": masks, "image": torch.zeros(2, 3, 8, 8), "name": names}, {}, preds)
+w.finish()
+dist.destroy_process_group()
+"""
+
+
+def test_dump_topn_keeps_the_worst_over_all_ranks(tmp_path):
+    """Before: each rank drew its own N worst (2 ranks, --dump_topn 2: four pictures, two lists)."""
+    procs = start_two_ranks(tmp_path, WORST_IMAGES)
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(p.name for p in (tmp_path / "worst").iterdir()) == ["000_c.png", "001_b.png", "worst_images.csv"]
+    rows = (tmp_path / "worst" / "worst_images.csv").read_text().splitlines()
+    assert [r.split(",")[1::2] for r in rows[1:]] == [["c", "1"], ["b", "0"]]

@@ -126,9 +126,9 @@ def test_dump_topn_keeps_the_worst(tmp_path):
     preds[2] = 1  # all wrong
     w.dump({"mask": masks, "image": torch.zeros(3, 3, 8, 8), "name": ["a", "b", "c"]}, {}, preds)
     w.finish()
-    rows = (tmp_path / "worst_images_rank0.csv").read_text().splitlines()
-    assert [r.split(",")[2] for r in rows[1:]] == ["c", "b"]
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["00_000_c.png", "00_001_b.png"]
+    rows = (tmp_path / "worst_images.csv").read_text().splitlines()
+    assert [r.split(",")[1] for r in rows[1:]] == ["c", "b"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000_c.png", "001_b.png"]
 
 
 def test_eval_dumps_follow_the_flags(tmp_path):

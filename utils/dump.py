@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from utils.figures import attention_figure, labelled_panel, write_png
 from utils.io import atomic_imwrite
@@ -136,7 +137,8 @@ def image_miou(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index:
 
 class WorstImages:
     """``--dump_topn N``: keeps the N images with the lowest per-image mIoU and draws them, worst
-    first, into ``<out_dir>`` with ``worst_images.csv`` (with DDP: each rank's own N)."""
+    first, into ``<out_dir>`` (``<order>_<name>.png``) with ``worst_images.csv``. With DDP the N
+    are the worst over all ranks: each rank draws its own of them, rank 0 writes the list."""
 
     def __init__(self, out_dir: str | Path, n: int, palette: np.ndarray, class_names: Sequence[str],
                  ignore_index: int = 255, rank: int = 0):
@@ -161,18 +163,29 @@ class WorstImages:
                 self.kept = sorted(self.kept, key=lambda t: t[0])[: self.n]
 
     def finish(self) -> None:
+        """Collective under DDP: every rank calls it."""
         from utils.io import atomic_write_text
 
-        rows = ["rank,order,name,miou"]
-        for k, (score, name, rgb, gt, p) in enumerate(self.kept):
+        mine = [(score, name, self.rank) for score, name, *_ in self.kept]
+        if dist.is_available() and dist.is_initialized():
+            every: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(every, mine)
+            mine = [row for rows in every for row in rows]
+        worst = sorted(mine, key=lambda t: (t[0], t[1], t[2]))[: self.n]
+        drawn = {(name, rank): k for k, (_, name, rank) in enumerate(worst)}
+        for score, name, rgb, gt, p in self.kept:
+            k = drawn.get((name, self.rank))
+            if k is None:
+                continue
             title = f"prediction (image mIoU {100 * score:.1f})"
             panels = [("input", rgb), ("ground truth", colorize(gt, self.palette, self.ignore_index)),
                       (title, colorize(p, self.palette, self.ignore_index))]
             ids = sorted({int(c) for c in np.unique(np.concatenate([gt.ravel(), p.ravel()])) if c < len(self.palette)})
-            write_png(self.out_dir / f"{self.rank:02d}_{k:03d}_{name}.png",
-                      labelled_panel(panels, ids, self.class_names, self.palette))
-            rows.append(f"{self.rank},{k},{name},{score:.6f}")
-        atomic_write_text(self.out_dir / f"worst_images_rank{self.rank}.csv", "\n".join(rows) + "\n")
+            write_png(self.out_dir / f"{k:03d}_{name}.png", labelled_panel(panels, ids, self.class_names, self.palette))
+        if self.rank == 0:
+            rows = ["order,name,miou,rank"] + [f"{k},{name},{score:.6f},{rank}"
+                                               for k, (score, name, rank) in enumerate(worst)]
+            atomic_write_text(self.out_dir / "worst_images.csv", "\n".join(rows) + "\n")
 
 
 class Dumps:
