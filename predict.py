@@ -361,13 +361,12 @@ def check_manifest(opts: PredictOptions, num_classes: int) -> None:
 
 def _logits_fn(model: nn.Module, device: torch.device, opts: PredictOptions):
     from network import predict as network_predict
-    from network.tiling import MemoryPlan, default_budget_bytes
+    from network.tiling import memory_plan
 
     dtype = inference_dtype(device, opts.amp_dtype, opts.amp)
     print(f"predict: {str(dtype).replace('torch.', '')} on {device.type}"
           + (" (autocast)" if dtype != torch.float32 else ""), file=sys.stderr)
-    budget = default_budget_bytes(device, opts.eval_memory_gb)
-    memory = None if budget is None else MemoryPlan(budget)
+    memory = memory_plan(device, opts.eval_memory_gb)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         if device.type == "cuda":  # the stacked batch, pinned, copies asynchronously

@@ -204,10 +204,9 @@ def channels_last(cfg: Config, device: torch.device) -> bool:
 
 def eval_memory(cfg: Config, device: torch.device) -> MemoryPlan | None:
     """The evaluation memory budget: --eval_memory_gb, else the free GPU memory; None: unlimited."""
-    from network.tiling import default_budget_bytes
+    from network.tiling import memory_plan
 
-    budget = default_budget_bytes(device, cfg.eval.eval_memory_gb)
-    return None if budget is None else MemoryPlan(budget)
+    return memory_plan(device, cfg.eval.eval_memory_gb)
 
 
 def load_weights(cfg: Config, net: nn.Module, info: DistInfo) -> dict[str, Any] | None:

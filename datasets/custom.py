@@ -18,7 +18,8 @@ from PIL import Image
 
 from datasets.base import Item, SegmentationDataset, Transform, missing_labels_error, read_label
 from datasets.errors import DatasetConfigError, DatasetError
-from datasets.spec import IMAGENET_MEAN, IMAGENET_STD, DatasetSpec, load_spec
+from datasets.info import IMAGENET_MEAN, IMAGENET_STD
+from datasets.spec import DatasetSpec, load_spec
 
 IGNORE = 255
 

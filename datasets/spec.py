@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets.errors import DatasetConfigError
-from datasets.info import ClassInfo, DatasetInfo
+from datasets.info import IMAGENET_MEAN, IMAGENET_STD, ClassInfo, DatasetInfo
 
 CONFIG_NAME = "dataset.yaml"
 STATS_NAME = "dataset_stats.json"  # written by `python -m datasets.check --write_stats`
@@ -39,8 +39,6 @@ ENCODINGS = ("ids", "rgb")
 KEYS = ("name", "classes", "ignore_index", "ignore_color", "label_encoding", "images", "labels",
         "splits", "mean", "std", "raster")
 RASTER_KEYS = ("bands", "mean", "std", "tile")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,6 @@ class ExportError(DeployError):
     """The model cannot be exported as asked (op outside TensorRT's set, onnx checker failure)."""
 
 
-class MismatchError(RuntimeError):
-    """onnxruntime's logits differ from PyTorch's beyond the tolerance (exit status 1)."""
-
-
 class LogitsModel(nn.Module):
     """``image -> logits`` with fixed scales and flip: what the ONNX graph computes."""
 
@@ -88,7 +84,7 @@ class ExportSpec:
 
 
 def export(model: nn.Module, info: ModelInfo, out: Path, spec: ExportSpec) -> LogitsModel:
-    """Write the ONNX file ``out`` (no verification; see :func:`verify`). Returns the exported module."""
+    """Write the ONNX file ``out`` (unverified: see :func:`compare`, :func:`judge`); returns the exported module."""
     import onnx
     from torch.export import Dim
 

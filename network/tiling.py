@@ -74,6 +74,12 @@ def default_budget_bytes(device: torch.device, gb: float | None = None) -> int |
     return None
 
 
+def memory_plan(device: torch.device, gb: float | None = None) -> MemoryPlan | None:
+    """The evaluation memory plan for ``device`` (:func:`default_budget_bytes`); None: unlimited."""
+    budget = default_budget_bytes(device, gb)
+    return None if budget is None else MemoryPlan(budget)
+
+
 def tile_starts(length: int, window: int, overlap: int, align: int = 32) -> list[int]:
     """Window starts covering ``[0, length)``; the stride is a multiple of ``align`` (the trunk's
     output stride) so that all but the last window see the whole image's pixel grid."""

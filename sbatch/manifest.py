@@ -169,11 +169,11 @@ def _last_csv_metric(path: Path) -> str:
     return ""
 
 
-def command_exit(logdir: Path) -> str:
+def command_exit(events: list[dict]) -> str:
     """The command's own exit status from the last ``exit`` event ('' while the latest start,
     e.g. after a requeue, has not exited)."""
     code = ""
-    for e in _events(logdir):
+    for e in events:
         if e.get("event") == "start":
             code = ""
         elif e.get("event") == "exit":
@@ -181,24 +181,18 @@ def command_exit(logdir: Path) -> str:
     return code
 
 
-def requeue_count(logdir: Path, job_id: str) -> int:
+def requeue_count(events: list[dict], job_id: str) -> int:
     """Requeues of the current job: the highest ``restart`` its start events recorded."""
-    restarts = [e.get("restart", 0) for e in _events(logdir)
+    restarts = [e.get("restart", 0) for e in events
                 if e.get("event") == "start" and e.get("job_id") == job_id]
     return int(max(restarts, default=0))
 
 
 def _events(logdir: Path) -> list[dict]:
-    path = logdir / "slurm_events.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    """The run's ``slurm_events.jsonl`` (sbatch/task.py writes it); a torn line is skipped."""
+    from utils.logger import read_jsonl
+
+    return read_jsonl(logdir / "slurm_events.jsonl")
 
 
 def training_progress(logdir: Path) -> str:
@@ -221,12 +215,13 @@ def statuses(exp_dir: Path) -> list[RunStatus]:
     for r in runs:
         state, slurm_exit, elapsed = lookup(states, r["job_id"]) or ("UNKNOWN", "", "")
         logdir = Path(r["logdir"])
-        code = command_exit(logdir)
+        events = _events(logdir)
+        code = command_exit(events)
         if not code:
             code = "-" if state in ACTIVE_STATES or not slurm_exit else slurm_exit.split(":")[0]
         out.append(RunStatus(name=r["name"], job_id=r["job_id"], state=state, exit_code=code,
                              metric=last_metric(logdir), logdir=r["logdir"],
-                             requeues=requeue_count(logdir, r["job_id"]), elapsed=elapsed,
+                             requeues=requeue_count(events, r["job_id"]), elapsed=elapsed,
                              progress=training_progress(logdir)))
     return out
 

@@ -33,7 +33,8 @@ def _check_train(args: Sequence[str]) -> None:
     parse_config(list(args), parser=_train_parser())  # building the parser is most of the cost
 
 
-def _check_predict(args: Sequence[str]) -> None:
+@functools.cache
+def _predict_parser() -> argparse.ArgumentParser:
     import predict
     from config import ConfigError
 
@@ -43,7 +44,11 @@ def _check_predict(args: Sequence[str]) -> None:
         raise ConfigError(message)
 
     parser.error = error  # type: ignore[method-assign]
-    parser.parse_args(list(args))
+    return parser
+
+
+def _check_predict(args: Sequence[str]) -> None:
+    _predict_parser().parse_args(list(args))  # built once, as train.py's: most of the cost
 
 
 CHECKERS: dict[str, Callable[[Sequence[str]], None]] = {"train.py": _check_train, "predict.py": _check_predict}

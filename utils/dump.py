@@ -157,7 +157,7 @@ class WorstImages:
         for i in range(pred.shape[0]):
             gt, p = batch["mask"][i].cpu().numpy(), pred[i].cpu().numpy()
             score = image_miou(gt, p, len(self.palette), self.ignore_index)
-            if score == score:
+            if score == score and (len(self.kept) < self.n or score < self.kept[-1][0]):  # else cut at once
                 self.kept.append((score, Path(str(batch["name"][i])).stem, denormalize(batch["image"][i]),
                                   gt.astype(np.uint8), p.astype(np.uint8)))
                 self.kept = sorted(self.kept, key=lambda t: t[0])[: self.n]

@@ -273,7 +273,6 @@ class PartReport:
             atomic_write_json(self.summary_path, {"part": self.part or "(all)", "runs": runs})
             write_merged_view(self.result_dir, final)
 
-
     def _finished_journals(self, final: bool) -> list[Path]:
         """Journals of this part whose rows can move into its CSV now: this run's at its final write,
         and those of runs that ended without one (this host; named ``...@<time>-<pid>-<host>.csv``)."""
