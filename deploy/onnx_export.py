@@ -17,7 +17,8 @@ model, not with its float32 one: float32 is not a yardstick. An untrained model 
 statistics that do not normalise, activations of 1e4, saturated attention softmaxes in the OCR
 head) amplifies float32 round-off to ~1e-3 of the largest logit, so two correct float32
 implementations (PyTorch, onnxruntime) disagree by the sum of their errors while each is close
-to the exact logits. PyTorch float32's own error is reported beside the file's for scale.
+to the exact logits. PyTorch float32's own error is reported beside the file's for scale, and it widens the
+tolerance where this machine's kernels round more (:data:`FP32_FACTOR`): the check must pass on any CPU.
 
 Opset 17 by default: TensorRT 8.5/8.6 (JetPack 5 and 6.0 on Jetson) parse opsets up to 17,
 TensorRT 10 and onnxruntime >= 1.14 accept it too, and nothing in this model needs a newer
@@ -30,6 +31,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -200,13 +202,31 @@ def compare(sess: Any, reference: nn.Module, images: Iterable[tuple[str, torch.T
     return rows
 
 
+# How far a correct float32 engine may be from exact, as a multiple of PyTorch float32's own distance on the same
+# image and machine. Both are float32 evaluations of one graph with different kernels (summation order, fused
+# multiply-add, oneDNN vs MLAS); the model itself amplifies their round-off (an untrained one: BatchNorm that does
+# not normalise, saturated OCR attention), by an amount that depends on the CPU's kernels. PyTorch float32's error
+# measures that amplification here; a correct export lands within a small multiple of it (seen: 0.45 vs PyTorch's
+# 0.243 with logits of 420 on an AVX-512/AMX Xeon, below 1x on AVX2-only EPYCs), while a wrong graph (a missing
+# op, a misplaced resize) is off by the size of the logits.
+FP32_FACTOR = 4.0
+
+
+def tolerance(row: Agreement, rtol: float) -> float:
+    """The largest max |diff| accepted for ``row``: ``rtol`` x max |logit|, or :data:`FP32_FACTOR` x PyTorch
+    float32's own error on the same image when round-off on this machine is larger than that."""
+    fp32 = 0.0 if math.isnan(row.torch_fp32_diff) else row.torch_fp32_diff
+    return max(rtol * max(1.0, row.max_abs_ref), FP32_FACTOR * fp32)
+
+
 def judge(rows: Sequence[Agreement], rtol: float, min_agreement: float) -> str | None:
-    """None when every image is within tolerance, else the one-line reason."""
+    """None when every image is within :func:`tolerance`, else the one-line reason."""
     for r in rows:
-        tol = rtol * max(1.0, r.max_abs_ref)
+        tol = tolerance(r, rtol)
         if r.max_abs_diff > tol or r.argmax_agreement < min_agreement:
             return (f"onnxruntime differs from exact (float64) PyTorch on {r.name} ({r.size[0]}x{r.size[1]}): "
-                    f"max |diff| {r.max_abs_diff:.3g} (tolerance {tol:.3g} = --rtol x max |logit|), argmax agreement "
+                    f"max |diff| {r.max_abs_diff:.3g} (tolerance {tol:.3g}: the larger of --rtol x max |logit| and "
+                    f"{FP32_FACTOR:g} x PyTorch float32's own {r.torch_fp32_diff:.3g}), argmax agreement "
                     f"{r.argmax_agreement:.4%} (need {min_agreement:.2%})")
     return None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .expand import Run
 from .resources import FarmSpec, submitit_parameters
-from .task import RunTask, TaskSpec
+from .task import RunTask, TaskSpec, same_python
 
 PREEMPT_SIGNAL = "USR1"  # what train.py checkpoints on (with SIGTERM)
 LAUNCHERS = {"torchrun", "torch.distributed.run", "torch.distributed.launch"}
@@ -183,9 +183,9 @@ def run_local(plans: Sequence[Planned], *, keep_going: bool, code_root: Path,
         run = planned.run
         write_run_files(planned, code_root, patterns)
         print(f"[sbatch] run {i + 1}/{len(plans)} {run.name}: {run.command}", flush=True)
-        env = {**os.environ, **run.env, "PYTHONPATH": planned.code_dir}
+        argv, env = same_python(list(run.argv), {**os.environ, **run.env, "PYTHONPATH": planned.code_dir})
         try:
-            code = subprocess.call(list(run.argv), cwd=planned.code_dir, env=env)
+            code = subprocess.call(argv, cwd=planned.code_dir, env=env)
         except OSError as e:
             print(f"[sbatch] {run.name}: cannot start {run.argv[0]!r}: {e}", file=sys.stderr)
             code = 127

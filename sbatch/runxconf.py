@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,12 +68,21 @@ def render_template(repo: Path = REPO, python: str = sys.executable, logroot: st
     return text.replace("\nLOGROOT: logs\n", f"\nLOGROOT: {json.dumps(os.path.abspath(root))}\n", 1)
 
 
+_SUBMIT_PYTHON = re.compile(r"(PYTHONPATH=code )(\S+)( -m sbatch\.submit_job)")
+
+
 def write_runx(repo: Path = REPO, *, force: bool = False, logroot: str | None = None) -> Path:
-    """Write ``repo/.runx`` from the template (keeps an existing one unless ``force``)."""
+    """Write ``repo/.runx`` from the template. An existing one is kept (it may hold site edits) unless
+    ``force``, but the interpreter its farms submit with becomes this one: after a reinstall into
+    another environment, runx's farm mode must not start the old, perhaps deleted, interpreter."""
     from utils.io import atomic_write_text
 
     target = repo / ".runx"
     if target.exists() and not force:
+        text = target.read_text()
+        new = _SUBMIT_PYTHON.sub(lambda m: m.group(1) + sys.executable + m.group(3), text)
+        if new != text:
+            atomic_write_text(target, new)
         return target
     atomic_write_text(target, render_template(repo, logroot=logroot))
     return target

@@ -53,6 +53,25 @@ class TaskSpec:
     grace_s: float = 60.0  # how long checkpoint() waits for the program to save and exit
 
 
+PYTHON_NAMES = ("python", "python3")
+
+
+def same_python(argv: list[str], environ: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Run a command's bare ``python``/``python3`` with this process's interpreter, and put that
+    interpreter's directory first on PATH for whatever the command starts in turn.
+
+    ``python -m sbatch`` (and so the job, which submitit starts with the submitting interpreter)
+    may run from a virtual environment that was never activated (``.venv/bin/python -m sbatch``):
+    PATH would then find another ``python``, one without torch. Any other program (``apptainer``,
+    a named interpreter such as ``python3.12``, an absolute path) is left as it is.
+    """
+    bindir = os.path.dirname(sys.executable)
+    if not argv or argv[0] not in PYTHON_NAMES or not bindir:
+        return list(argv), environ
+    path = environ.get("PATH", os.defpath)
+    return [sys.executable, *argv[1:]], {**environ, "PATH": os.pathsep.join([bindir, path])}
+
+
 def wait_exit_status(pid: int, timeout: float) -> int | None:
     """The exit status of child ``pid`` once it exits, *without* reaping it (``WNOWAIT``).
 
@@ -107,7 +126,8 @@ class RunTask:
                   f"master {env['MASTER_ADDR']}:{env['MASTER_PORT']}", flush=True)
         if rank0:
             record(spec.logdir, event="start", job_id=slurmenv.job_id(environ), restart=restarts)
-        self._proc = subprocess.Popen(spec.argv, cwd=spec.cwd, env=env)
+        argv, env = same_python(spec.argv, env)
+        self._proc = subprocess.Popen(argv, cwd=spec.cwd, env=env)
         code = self._proc.wait()
         if rank0:
             record(spec.logdir, event="exit", job_id=slurmenv.job_id(environ), returncode=code,

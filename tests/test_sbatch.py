@@ -237,6 +237,18 @@ def test_runx_template_gets_absolute_logroot(tmp_path):
     assert write_runx(tmp_path).read_text() == "LOGROOT: /custom\n"  # kept unless forced
 
 
+def test_reinstall_into_another_environment_updates_the_runx_interpreter_only(tmp_path):
+    """.runx names the interpreter runx's farm mode submits with; after `install.sh --venv OTHER` the old one
+    may be gone. Site edits stay, the interpreter follows the environment that ran `sbatch init`."""
+    path = write_runx(tmp_path)
+    edited = path.read_text().replace(sys.executable, "/old/venv/bin/python").replace("time: 240", "time: 30")
+    path.write_text(edited)
+    config = yaml.safe_load(write_runx(tmp_path).read_text())
+    assert config["slurm_draco"]["SUBMIT_CMD"] == f"PYTHONPATH=code {sys.executable} -m sbatch.submit_job"
+    assert config["local"]["SUBMIT_CMD"].split()[1] == sys.executable
+    assert config["slurm_draco"]["RESOURCES"]["time"] == 30  # the site's edit is kept
+
+
 def test_settings_resolve_relative_logroot_and_merge_resources(project):
     write_exp(project, {"CMD": "p", "HPARAMS": {}, "RESOURCES": {"nodes": 2}})
     settings = load_settings(project / "exp.yml", cwd=project)
@@ -287,3 +299,37 @@ def test_exit_status_seen_from_a_handler_that_interrupted_wait():
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert seen == {"code": 75}
+
+
+def test_interactive_runs_start_the_launchers_python_without_activation(project, tmp_path):
+    """`.venv/bin/python -m sbatch exp.yml -i` with the environment not activated: PATH finds another
+    `python` (Debian's, without torch); the run's bare `python` must be the launcher's interpreter, and
+    so must a `python` the run itself starts."""
+    (project / "probe.py").write_text(textwrap.dedent("""\
+        import json, subprocess, sys
+        inner = subprocess.run(["python", "-c", "import sys; print(sys.executable)"], capture_output=True, text=True)
+        json.dump({"outer": sys.executable, "inner": inner.stdout.strip()}, open(sys.argv[-1], "w"))
+        """))
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    for name in ("python", "python3"):  # what an un-activated PATH would find first
+        (decoy / name).write_text("#!/bin/sh\necho decoy python >&2; exit 97\n")
+        (decoy / name).chmod(0o755)
+    exp = write_exp(project, {"CMD": "python probe.py", "HPARAMS": {"out": "LOGDIR/which.json"}})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{decoy}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "sbatch", exp, "-i"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (which,) = (project / "logs" / "exp").glob("*/which.json")
+    got = json.loads(which.read_text())
+    assert got["outer"] == sys.executable and got["inner"] == sys.executable
+
+
+def test_same_python_leaves_other_programs_alone():
+    from sbatch.task import same_python
+
+    for argv in (["apptainer", "exec", "img.sif", "python", "x.py"], ["python3.12", "x.py"], ["/usr/bin/python3"]):
+        assert same_python(argv, {"PATH": "/bin"}) == (argv, {"PATH": "/bin"})
+    argv, env = same_python(["python3", "-u", "train.py"], {"PATH": "/bin"})
+    assert argv == [sys.executable, "-u", "train.py"]
+    assert env["PATH"] == f"{os.path.dirname(sys.executable)}{os.pathsep}/bin"
