@@ -9,7 +9,9 @@ writes the band statistics of the first split (train) to ``dataset_stats.json`` 
 dataset.yaml (atomically), where rasters' ``raster.mean``/``raster.std`` are read from
 when dataset.yaml does not set them. Rasters are read strip by strip (memory stays flat).
 
-Exit status: 0 no problems, 1 problems listed, 2 bad dataset.yaml or arguments.
+Each bad file is listed once (a raster read strip by strip too), however many of its pixels
+or strips are wrong. Exit status: 0 no problems; 2 problems listed (bad files: fix or remove
+them, then check again), or a bad dataset.yaml or arguments (one line).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from datasets.base import Item, read_image
 from datasets.custom import IGNORE, LabelDecoder, find_items, labelled, rgb_code, rgb_int
 from datasets.errors import DatasetError
 from datasets.spec import STATS_NAME, DatasetSpec, load_spec
+from utils.errors import EXIT_USAGE, run_cli
 
 
 @dataclass
@@ -91,11 +94,18 @@ class Checker:
 
     def pair(self, item: Item, rep: SplitReport) -> None:
         chunks = self._raster_chunks(item) if self.spec.raster else self._photo_chunks(item)
+        outside, values = 0, np.zeros(0, np.int64)
         for bands, raw_label, valid in chunks:
             rep.moments.add(bands, valid)
-            self.labels(item, raw_label, rep)
+            n, v = self.labels(item, raw_label, rep)
+            outside, values = outside + n, np.union1d(values, v)
+        if outside:  # one line per file, however many strips hold such values
+            shown = [_show(int(v), self.spec.encoding) for v in values[:5]]
+            rep.problems.append((str(item.label), f"{outside} pixels hold values outside the class "
+                                                  f"table (e.g. {', '.join(shown)}); they are ignored in training"))
 
-    def labels(self, item: Item, raw: np.ndarray, rep: SplitReport) -> None:
+    def labels(self, item: Item, raw: np.ndarray, rep: SplitReport) -> tuple[int, np.ndarray]:
+        """Count the classes of one chunk; returns how many pixels hold undeclared values, and which."""
         ids = self.decoder.decode(raw, item.label)
         rep.counts += np.bincount(ids.ravel(), minlength=256)[: self.k]
         ignored = ids == IGNORE
@@ -106,11 +116,7 @@ class Checker:
             declared = raw == (self.spec.ignore_value if self.spec.ignore_value is not None else -1)
         rep.ignored += int(ignored.sum())
         outside = ignored & ~declared
-        if outside.any():
-            values = np.unique(raw[outside])[:5]
-            shown = [_show(int(v), self.spec.encoding) for v in values]
-            rep.problems.append((str(item.label), f"{int(outside.sum())} pixels hold values outside the class "
-                                                  f"table (e.g. {', '.join(shown)}); they are ignored in training"))
+        return int(outside.sum()), np.unique(raw[outside]).astype(np.int64)
 
     def _photo_chunks(self, item: Item) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         image = read_image(item.image)
@@ -160,7 +166,7 @@ def format_report(spec: DatasetSpec, reps: list[SplitReport]) -> str:
         unit = "raster units" if spec.raster else "0..1 scale, RGB"
         lines.append(f"band mean ({reps[0].split}, {unit}): {stats[0]}")
         lines.append(f"band std  ({reps[0].split}, {unit}): {stats[1]}")
-    problems = [p for r in reps for p in r.problems]
+    problems = list(dict.fromkeys(p for r in reps for p in r.problems))  # splits may share files
     if problems:
         lines.append(f"problems ({len(problems)}):")
         lines += [f"  {path}: {why}" for path, why in problems]
@@ -182,26 +188,35 @@ def write_stats(spec: DatasetSpec, rep: SplitReport) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datasets.check", description=__doc__.split("\n")[0])
     p.add_argument("--dataset_root", default=None, help="folder holding dataset.yaml")
     p.add_argument("--dataset_config", default=None, help="dataset.yaml elsewhere")
     p.add_argument("--splits", default=None, help="comma list (default: every split in dataset.yaml)")
     p.add_argument("--write_stats", action="store_true", help=f"write {STATS_NAME} (band mean/std of the first split)")
     p.add_argument("--no_progress", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        spec = load_spec(args.dataset_root, args.dataset_config)
-        splits = args.splits.split(",") if args.splits else list(spec.splits)
-        checker = Checker(spec)
-        reps = [checker.split(s, progress=not args.no_progress) for s in splits]
-        print(format_report(spec, reps))
-        if args.write_stats:
-            print(f"wrote {write_stats(spec, reps[0])}")
-    except DatasetError as e:
-        print(f"python -m datasets.check: error: {e}", file=sys.stderr)
-        return 2
-    return 1 if any(r.problems for r in reps) else 0
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.dataset_root, args.dataset_config)
+    splits = args.splits.split(",") if args.splits else list(spec.splits)
+    checker = Checker(spec)
+    reps = [checker.split(s, progress=not args.no_progress) for s in splits]
+    print(format_report(spec, reps))
+    if args.write_stats:
+        print(f"wrote {write_stats(spec, reps[0])}")
+    bad = {path for r in reps for path, _ in r.problems}
+    if bad:
+        print(f"python -m datasets.check: error: {len(bad)} bad file(s) listed above; fix or remove them "
+              "(or correct dataset.yaml), then check again", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("python -m datasets.check", lambda: run(build_parser().parse_args(argv)), argv)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def test_check_lists_bad_files_and_still_summarises(folder_root, tmp_path, capsy
     lab[:3, :3] = (1, 2, 3)  # BGR of an unknown colour
     cv2.imwrite(str(root / "labels" / "train" / "train_002.png"), lab)
     cv2.imwrite(str(root / "labels" / "train" / "train_003.png"), lab[:10])
-    assert check(["--dataset_root", str(root), "--no_progress"]) == 1
+    assert check(["--dataset_root", str(root), "--no_progress"]) == 2
     out = capsys.readouterr().out
     assert "split train: 4 images, 2 readable pairs, 3 problem(s)" in out
     assert "train_001.jpg: cannot read image" in out
