@@ -1,10 +1,17 @@
 """Convert a CVAT export into the described layout (datasets/spec.py).
 
-    python -m datasets.cvat EXPORT_DIR OUT_DIR [--split_map Train=train,...]
+    python -m datasets.cvat EXPORT_DIR OUT_DIR [--split_map Train=train,...] [--classes FILE]
+                                               [--boxes] [--skip_unsupported]
 
-The export's format is found from its files, and printed (annotations.xml, "CVAT for images
-1.1", is recognised but not imported yet):
+The export's format is found from its files, and printed:
 
+- "CVAT for images 1.1": ``annotations.xml`` + ``images/`` (drawn by datasets/cvat_xml.py).
+  Polygons and masks are drawn in increasing z_order, boxes only with ``--boxes``; other shapes
+  (polyline, points, ellipse, cuboid, skeleton; boxes without ``--boxes``) stop the import with
+  one line unless ``--skip_unsupported`` leaves them out. Classes: ``background`` (id 0, every
+  pixel no shape covers) then the labels of ``<meta>`` in order, the ids CVAT's "Segmentation
+  mask 1.1" export gives them; ``--classes FILE`` (one label name per line, optionally followed
+  by a colour ``#rrggbb``) gives them instead (an export without ``<labels>``, or a fixed order).
 - "Segmentation mask 1.1": ``labelmap.txt`` (``name:r,g,b:parts:actions`` per class),
   ``JPEGImages/``, ``SegmentationClass/<stem>.png`` (colour masks) and
   ``ImageSets/Segmentation/<subset>.txt``; colours not in the label map become 255 (ignored).
@@ -21,6 +28,7 @@ colours) are listed and the rest is converted (exit 1); a bad export or flag is 
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import shlex
 import shutil
@@ -31,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets.custom import IGNORE, LabelDecoder
+from datasets.cvat_xml import Color, Frame, parse_color, read_annotations
 from datasets.errors import DatasetError
 from datasets.info import ClassInfo
 from utils.io import ensure_output_dir
@@ -185,6 +194,135 @@ def convert_masks(export: Path, out: Path, split_map: dict[str, str], progress: 
     return conv
 
 
+def read_class_file(path: Path) -> list[tuple[str, Color | None]]:
+    """``--classes FILE``: one label name per line, optionally followed by ``#rrggbb``; ``#`` starts a comment line."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise DatasetError(f"--classes {path}: cannot read it ({e.strerror or e})") from e
+    out: list[tuple[str, Color | None]] = []
+    for line in (ln.strip() for ln in lines):
+        if line and not line.startswith("#"):
+            m = re.fullmatch(r"(.+?)\s+(#[0-9a-fA-F]{6})", line)
+            out.append((m.group(1), parse_color(m.group(2))) if m else (line, None))
+    if not out:
+        raise DatasetError(f"--classes {path} names no labels: write one label name per line "
+                           "(optionally followed by a colour #rrggbb)")
+    return out
+
+
+def class_table(labels: list[tuple[str, Color | None]]) -> tuple[tuple[ClassInfo, ...], list[str]]:
+    """``background`` (id 0) first, then ``labels`` in order; missing or repeated colours get free ones."""
+    bg = next((lab for lab in labels if lab[0].lower() == "background"), ("background", None))
+    ordered = [(bg[0], bg[1] or (0, 0, 0)), *(lab for lab in labels if lab is not bg)]
+    names = [n for n, _ in ordered]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None or len(ordered) > 255:
+        raise DatasetError(f"label {twice!r} is listed twice: rename one" if twice else
+                           f"{len(ordered)} classes (with background): at most 255 fit in 8-bit label maps")
+    given = {c for _, c in ordered if c is not None}
+    used: set[Color] = set()
+    classes, notes = [], []
+    for i, (name, color) in enumerate(ordered):
+        if color is None or color in used:
+            free = next(c for c in map(_voc_color, itertools.count(1)) if c not in used | given)
+            if color is not None:
+                notes.append(f"label {name!r} has the colour {color} of another label; dataset.yaml gives it {free}")
+            color = free
+        used.add(color)
+        classes.append(ClassInfo(i, name, color))
+    return tuple(classes), notes
+
+
+def _voc_color(i: int) -> Color:
+    """Pascal VOC's colour map: distinct colours, the same on every run."""
+    rgb = [0, 0, 0]
+    for bit in range(8):
+        for ch in range(3):
+            rgb[ch] |= ((i >> (3 * bit + ch)) & 1) << (7 - bit)
+    return rgb[0], rgb[1], rgb[2]
+
+
+def convert_xml(export: Path, out: Path, split_map: dict[str, str], classes_file: Path | None = None,
+                boxes: bool = False, skip_unsupported: bool = False, progress: bool = True) -> Conversion:
+    """A "CVAT for images 1.1" export -> the described layout (see the module docstring)."""
+    from tqdm import tqdm
+
+    ann = read_annotations(export / "annotations.xml", boxes, skip_unsupported)
+    labels = read_class_file(classes_file) if classes_file else ann.labels
+    if not labels:
+        raise DatasetError(f"{export / 'annotations.xml'} has no <labels> in <meta>: pass --classes FILE "
+                           "(one label name per line)")
+    classes, notes = class_table(labels)
+    ids = {c.name: c.id for c in classes}
+    _check_labels(ann.frames, ids, "--classes " + str(classes_file) if classes_file else "<meta><labels>")
+    if not (export / "images").is_dir():
+        raise DatasetError(f"{export} has annotations.xml but no images/ folder: export with 'Save images' "
+                           "or copy the images into images/ there")
+    conv = Conversion("xml", classes, map_subsets((f.subset for f in ann.frames), split_map), notes=notes)
+    ensure_output_dir(out, flag="OUT_DIR")  # only now: a refused export leaves nothing behind
+    seen: set[tuple[str, str]] = set()
+    for frame in tqdm(ann.frames, desc="convert", unit="img", disable=not progress):
+        split = conv.splits[frame.subset]
+        problem = _write_frame(export, out, frame, split, ids, seen)
+        if problem:
+            conv.problems.append(problem)
+        else:
+            conv.images[split] += 1
+    if ann.skipped:
+        conv.notes.append("left out (--skip_unsupported): " + ", ".join(f"{n} {k}" for k, n in ann.skipped.items()))
+    empty = sum(not f.shapes for f in ann.frames)
+    if empty:
+        conv.notes.append(f"{empty} image(s) have no shapes and were written as all background; remove them if "
+                          "they are not annotated yet")
+    return conv
+
+
+def _check_labels(frames: list[Frame], ids: dict[str, int], source: str) -> None:
+    for frame in frames:
+        for shape in frame.shapes:
+            if shape.label not in ids:
+                raise DatasetError(f"image {frame.name!r}: {shape.kind} label {shape.label!r} is not in {source}; "
+                                   "add it there")
+
+
+def _write_frame(export: Path, out: Path, frame: Frame, split: str, ids: dict[str, int],
+                 seen: set[tuple[str, str]]) -> tuple[str, str] | None:
+    """Draw one image's label map and copy the image; a problem (path, why) instead if it cannot be."""
+    from datasets.cvat_xml import draw
+    from utils.io import atomic_imwrite
+
+    parts = Path(frame.name).parts
+    if not parts or ".." in parts or Path(frame.name).is_absolute():
+        return frame.name, "unusable image name in annotations.xml; rename the image in CVAT"
+    image = next((p for p in (export / "images" / frame.name, export / "images" / frame.subset / frame.name)
+                  if p.is_file()), None)
+    if image is None:
+        return frame.name, "not in images/: export with 'Save images', or copy it there"
+    flat = "__".join(parts)  # images in subfolders: sub__name.jpg (the layout has one folder per split)
+    stem = Path(flat).stem
+    if (split, stem) in seen:
+        return str(image), f"another image of split {split!r} is also called {stem!r}; rename one in CVAT"
+    seen.add((split, stem))
+    size = _image_size(image)
+    if size != (frame.width, frame.height):
+        found = f"is {size[0]}x{size[1]}" if size else "cannot be read"
+        return str(image), f"{found}, annotations.xml says {frame.width}x{frame.height}; export it again"
+    atomic_imwrite(out / "labels" / split / f"{stem}.png", draw(frame, ids, background=0))
+    _copy(image, out / "images" / split / flat)
+    return None
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
 def dataset_yaml(name: str, classes: tuple[ClassInfo, ...], splits: list[str],
                  source: str = "Segmentation mask 1.1") -> str:
     lines = [f"# converted from a CVAT '{source}' export by python -m datasets.cvat",
@@ -203,6 +341,7 @@ def _quote(name: str) -> str:
 
 
 def convert(export: str | Path, out: str | Path, split_map: dict[str, str] | None = None,
+            classes_file: Path | None = None, boxes: bool = False, skip_unsupported: bool = False,
             progress: bool = True) -> Conversion:
     """Convert ``export`` (either format) into ``out`` and write ``out/dataset.yaml``."""
     from utils.io import atomic_write_text
@@ -210,9 +349,12 @@ def convert(export: str | Path, out: str | Path, split_map: dict[str, str] | Non
     export, out = Path(export), Path(out)
     fmt = detect_format(export)
     if fmt == "xml":
-        raise DatasetError(f"{export / 'annotations.xml'}: 'CVAT for images 1.1' exports are not imported yet; "
-                           "export the task as 'Segmentation mask 1.1'")
-    conv = convert_masks(export, out, split_map or {}, progress)
+        conv = convert_xml(export, out, split_map or {}, classes_file, boxes, skip_unsupported, progress)
+    elif classes_file is not None:
+        raise DatasetError(f"--classes is for 'CVAT for images 1.1' exports; {export} is a 'Segmentation mask "
+                           "1.1' export, whose classes are in labelmap.txt")
+    else:
+        conv = convert_masks(export, out, split_map or {}, progress)
     splits = [s for s in dict.fromkeys(conv.splits.values()) if conv.images[s]]
     atomic_write_text(out / "dataset.yaml", dataset_yaml(out.resolve().name, conv.classes, splits,
                                                          FORMATS[fmt][0]))
@@ -253,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CVAT subset -> split, e.g. Train=train,Holdout=val (default, case-insensitive: "
                    "train/training -> train, validation/val/valid -> val, test/testing -> test, default -> train, "
                    "other names kept)")
+    p.add_argument("--classes", type=Path, default=None, metavar="FILE",
+                   help="annotations.xml: label names, one per line (optionally '#rrggbb' after each); "
+                   "default: <meta><labels>")
+    p.add_argument("--boxes", action="store_true", help="annotations.xml: fill boxes with their label")
+    p.add_argument("--skip_unsupported", "--skip-unsupported", action="store_true",
+                   help="annotations.xml: leave out shapes that are not drawn (polyline, points, ellipse, "
+                   "cuboid, skeleton; boxes without --boxes) instead of stopping")
     p.add_argument("--no_progress", action="store_true")
     return p
 
@@ -260,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     name, marker = FORMATS[detect_format(args.export_dir)]
     print(f"found {name} ({marker})", flush=True)
-    conv = convert(args.export_dir, args.out_dir, parse_split_map(args.split_map), progress=not args.no_progress)
+    conv = convert(args.export_dir, args.out_dir, parse_split_map(args.split_map), args.classes, args.boxes,
+                   args.skip_unsupported, progress=not args.no_progress)
     report(conv, args.out_dir)
     return 1 if conv.problems else 0
 
