@@ -14,7 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,15 +122,29 @@ def task_command(planned: Planned) -> str:
 # ---------------------------------------------------------------- run directories
 
 
+def _ignore(patterns: Sequence[str]) -> Callable[[str, list[str]], set[str]]:
+    """``CODE_IGNORE_PATTERNS``, and every Python environment whatever its name (a folder holding
+    ``pyvenv.cfg`` or ``conda-meta``): install.sh creates ``./.venv``, gigabytes that no run needs."""
+    by_name = shutil.ignore_patterns(*patterns)
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        envs = {n for n in names if os.path.isfile(os.path.join(folder, n, "pyvenv.cfg"))
+                or os.path.isdir(os.path.join(folder, n, "conda-meta"))}
+        return set(by_name(folder, names)) | envs
+
+    return ignore
+
+
 def snapshot_code(src: Path, dst: Path, patterns: Sequence[str]) -> None:
-    """runx's copy of the code into ``<logdir>/code`` (``CODE_IGNORE_PATTERNS`` left out)."""
+    """runx's copy of the code into ``<logdir>/code`` (``CODE_IGNORE_PATTERNS`` and Python
+    environments left out)."""
     if dst.exists():
         return  # a resubmitted run keeps the code it started with
     # copy beside dst, then rename: an interrupted copy never passes for a complete snapshot
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(*patterns), symlinks=True)
+        shutil.copytree(src, tmp, ignore=_ignore(patterns), symlinks=True)
         os.rename(tmp, dst)
     except (OSError, shutil.Error) as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -333,3 +333,20 @@ def test_same_python_leaves_other_programs_alone():
     argv, env = same_python(["python3", "-u", "train.py"], {"PATH": "/bin"})
     assert argv == [sys.executable, "-u", "train.py"]
     assert env["PATH"] == f"{os.path.dirname(sys.executable)}{os.pathsep}/bin"
+
+
+def test_snapshot_leaves_out_python_environments_whatever_their_name(project):
+    """install.sh creates ./.venv (gigabytes) in the checkout; a CODE_IGNORE_PATTERNS without `.venv` (a site's
+    own .runx, the tests' configs) copied it into every run directory until the disk was full."""
+    for env, marker in ((".venv", "pyvenv.cfg"), ("myenv", "pyvenv.cfg"), ("conda", "conda-meta")):
+        (project / env / "lib").mkdir(parents=True)
+        (project / env / "lib" / "big.so").write_bytes(b"x" * 1024)
+        marker_path = project / env / marker
+        marker_path.mkdir() if marker == "conda-meta" else marker_path.write_text("home = /usr/bin\n")
+    (project / "envs_are_code").mkdir()  # an ordinary folder of that kind of name is copied
+    (project / "envs_are_code" / "x.py").write_text("")
+    exp = write_exp(project, {"CMD": "python prog.py", "HPARAMS": {"out": "LOGDIR/o.json"}})
+    assert sbatch_cli(project, exp, "-i").returncode == 0
+    (code,) = (project / "logs" / "exp").glob("*/code")
+    assert (code / "prog.py").is_file() and (code / "envs_are_code" / "x.py").is_file()
+    assert not any((code / env).exists() for env in (".venv", "myenv", "conda"))
