@@ -185,6 +185,15 @@ def ocr_model(arch: str, multiscale: bool, trunk: str, num_classes: int, trunk_w
     if in_channels != 3:  # N-band input: RGB filters extended (network/first_conv.py)
         set_in_channels(backbone, in_channels)
     widths = widths or HEAD_WIDTHS.get(trunk, REFERENCE_WIDTHS)
+    return ocr_on_trunk(arch, multiscale, backbone, num_classes, widths, align_corners=align_corners,
+                        mscale_lo_scale=mscale_lo_scale, eval_scales=eval_scales, in_channels=in_channels)
+
+
+def ocr_on_trunk(arch: str, multiscale: bool, backbone: nn.Module, num_classes: int, widths: OCRWidths,
+                 align_corners: bool = False, mscale_lo_scale: float = 0.5,
+                 eval_scales: Sequence[float] | None = (0.5, 1.0, 2.0), in_channels: int = 3) -> nn.Module:
+    """The OCR (``multiscale``: + scale attention) model around an already built trunk (``out_channels``,
+    features at 1/4 resolution) taking ``in_channels`` bands."""
     model: nn.Module
     if multiscale:
         model = MscaleOCR(arch, num_classes, backbone, widths, align_corners, mscale_lo_scale, eval_scales)
