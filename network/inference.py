@@ -13,10 +13,15 @@ import copy
 import itertools
 import sys
 from collections.abc import Sequence
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 import torch
 import torch.nn as nn
+from timm.layers import BatchNormAct2d, ConvNormAct, SyncBatchNormAct
+from timm.models._efficientnet_blocks import ConvBnAct, DepthwiseSeparableConv, EdgeResidual, InvertedResidual
+from timm.models._features import FeatureDictNet
+from timm.models.efficientnet import EfficientNetFeatures
+from timm.models.mobilenetv3 import MobileNetV3Features
 from timm.models.resnet import BasicBlock, Bottleneck
 
 from network.ops import resize_to
@@ -98,11 +103,20 @@ def _single(model: nn.Module, x: torch.Tensor, memory: MemoryPlan | None) -> dic
 # ----------------------------------------------------------------------------- conv+BN folding
 
 #: Module types whose ``forward`` applies each ``convK`` directly followed by its ``bnK``
-#: (timm's ResNet blocks, which HRNet's branches are made of). Our own modules declare the same
-#: with a ``bn_fold_pairs`` class attribute instead (e.g. ``network.hrnet.HRNetV2Trunk``).
+#: (timm's ResNet blocks, which HRNet's branches are made of; timm's EfficientNet/MobileNet
+#: blocks and stems and ``ConvNormAct``, for the ``ocrnet.timm.*`` trunks). Our own modules
+#: declare the same with a ``bn_fold_pairs`` class attribute instead (e.g.
+#: ``network.hrnet.HRNetV2Trunk``). A pair whose conv or BatchNorm is absent (``conv_s2d``) is skipped.
 FOLD_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
     BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
     Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    ConvNormAct: (("conv", "bn"),),
+    ConvBnAct: (("conv", "bn1"),),
+    DepthwiseSeparableConv: (("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")),
+    InvertedResidual: (("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+    EdgeResidual: (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
+    EfficientNetFeatures: (("conv_stem", "bn1"),),
+    MobileNetV3Features: (("conv_stem", "bn1"),),
 }
 
 
@@ -127,38 +141,53 @@ def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Conv2d:
 
 
 def _is_bn(m: object) -> TypeGuard[nn.modules.batchnorm._BatchNorm]:
-    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+    """A BatchNorm that folds into the conv before it: plain ones and timm's BatchNormAct2d (whose
+    activation stays, :func:`_bn_rest`); other subclasses may do more than normalise and are left."""
+    return type(m) in (nn.BatchNorm2d, nn.SyncBatchNorm, BatchNormAct2d, SyncBatchNormAct)
+
+
+def _bn_rest(bn: nn.Module) -> nn.Module:
+    """What remains of a folded BatchNorm: nothing, or the dropout and activation of timm's BatchNormAct2d."""
+    if isinstance(bn, (BatchNormAct2d, SyncBatchNormAct)):
+        return nn.Sequential(cast(nn.Module, bn.drop), cast(nn.Module, bn.act))
+    return nn.Identity()
 
 
 def fuse_conv_bn(module: nn.Module) -> int:
     """Fold every BatchNorm that directly follows a conv into that conv, in place.
 
     Handles ``Sequential(conv, bn, ...)``, ``Sequential(conv, Sequential(bn, relu))`` (the
-    reference's BNReLU) and ``convK``/``bnK`` pairs of the module types in :data:`FOLD_PAIRS`
-    or of modules declaring ``bn_fold_pairs``. Returns how many pairs were folded. Eval only:
-    the result no longer has those BatchNorm layers and its state dict differs from the original's.
+    reference's BNReLU), the same runs of timm's feature wrappers (``FeatureListNet`` applies
+    its modules in order) and ``convK``/``bnK`` pairs of the module types in :data:`FOLD_PAIRS`
+    or of modules declaring ``bn_fold_pairs``. timm's ``BatchNormAct2d`` leaves its activation
+    behind. Returns how many pairs were folded. Eval only: the result no longer has those
+    BatchNorm layers and its state dict differs from the original's.
     """
     count = 0
     for parent in list(module.modules()):
         if isinstance(parent, nn.Sequential):
             count += _fuse_sequential(parent)
+        elif isinstance(parent, FeatureDictNet):  # forward applies its modules one after another
+            count += _fuse_sequential(parent, keep=set(parent.return_layers))
         count += _fuse_named_pairs(parent)
     return count
 
 
-def _fuse_sequential(seq: nn.Sequential) -> int:
+def _fuse_sequential(seq: nn.Module, keep: set[str] | frozenset[str] = frozenset()) -> int:
+    """Fold each conv directly followed by a BatchNorm in ``seq``'s modules, applied in order;
+    convs named in ``keep`` (outputs a feature wrapper returns) stay as they are."""
     count = 0
     keys = list(seq._modules)
     for a, b in itertools.pairwise(keys):
         conv, nxt = seq._modules[a], seq._modules[b]
-        if not isinstance(conv, nn.Conv2d):
+        if not isinstance(conv, nn.Conv2d) or a in keep:
             continue
         if _is_bn(nxt):
-            seq._modules[a], seq._modules[b] = _fold(conv, nxt), nn.Identity()
+            seq._modules[a], seq._modules[b] = _fold(conv, nxt), _bn_rest(nxt)
             count += 1
         elif isinstance(nxt, nn.Sequential) and len(nxt) and _is_bn(nxt[0]):
             seq._modules[a] = _fold(conv, nxt[0])
-            nxt[0] = nn.Identity()
+            nxt[0] = _bn_rest(nxt[0])
             count += 1
     return count
 
@@ -177,7 +206,7 @@ def _fuse_named_pairs(parent: nn.Module) -> int:
         conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
         if isinstance(conv, nn.Conv2d) and _is_bn(bn):
             setattr(parent, conv_name, _fold(conv, bn))
-            setattr(parent, bn_name, nn.Identity())
+            setattr(parent, bn_name, _bn_rest(bn))
             count += 1
     return count
 
