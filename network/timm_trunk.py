@@ -1,9 +1,10 @@
-"""Any timm backbone under the OCR head: ``ocrnet.timm.<timm_name>`` and ``ocrnet.timm.<timm_name>_Mscale``.
+"""Any timm backbone under the OCR head: ``ocrnet.timm.<timm_name>[_fuse<P>][_Mscale]``.
 
 The architecture name carries the trunk, so a checkpoint's ``arch`` alone rebuilds the model
 (``predict.py``, ``export.py``, the hub and ``deploy`` need nothing else). ``<timm_name>`` is a
 timm model name without a pretrained tag (``convnext_tiny``, ``resnet50``, ``efficientnet_lite0``,
-``swin_tiny_patch4_window7_224``); ``_Mscale`` adds the hierarchical scale-attention head.
+``swin_tiny_patch4_window7_224``); ``_Mscale`` adds the hierarchical scale-attention head;
+``_fuse<P>`` (e.g. ``_fuse64``) narrows wide levels before the fuse (rule 3).
 
 The fuse rule (what the OCR head sees), after HRNet's bilinear fuse:
 
@@ -11,12 +12,18 @@ The fuse rule (what the OCR head sees), after HRNet's bilinear fuse:
    levels with stride >= 4 are kept, stride-1/2 levels are dropped (they are computed anyway,
    as the stem, so dropping them costs nothing).
 2. Each kept level is upsampled bilinearly (the model's ``align_corners``) to the finest kept
-   level's size and the levels are concatenated: ``out_channels`` = the sum of their channels.
-3. When the finest kept level is coarser than stride 4 (plain ViTs: 16; some efficient
+   level's size and the levels are concatenated: ``out_channels`` = the sum of their channels
+   (HRNet-W48: 720; resnet18: 960; convnext_tiny: 1440; efficientnet_lite0: 496).
+3. With ``_fuse<P>``, each level wider than P channels is first projected to P (1x1 conv, BN,
+   ReLU, at the level's own resolution, where it is cheap). The OCR head's 3x3 conv and its
+   auxiliary ``C x C`` conv run at stride 4 on the concatenation, so for wide or small trunks
+   they cost more than the trunk: at 256x512, convnext_tiny_Mscale is 181 GFLOP, with
+   ``_fuse256`` 68; efficientnet_lite0 16.4, with ``_fuse64`` 7.2 (HRNet-W18-small: 15.7).
+4. When the finest kept level is coarser than stride 4 (plain ViTs: 16; some efficient
    transformers: 8 or 16) every level is upsampled to stride 4 of the input anyway
    (``ceil(H/4) x ceil(W/4)``), so the head, the attention and the logits have the resolution
    they have on HRNet.
-4. Transformers whose timm features are NHWC (Swin) are permuted to NCHW. Models with a fixed
+5. Transformers whose timm features are NHWC (Swin) are permuted to NCHW. Models with a fixed
    input size are built with ``dynamic_img_size=True`` where timm offers it. Models that need
    the input to be a multiple of something (patch size, window) get it padded at the bottom and
    right with zeros (the normalised mean colour) to the smallest multiple that works, and the
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,7 +66,8 @@ from network.registry import ModelFn, UnknownModelError, register_family
 
 PREFIX = "ocrnet.timm."
 MSCALE = "_Mscale"
-PATTERN = "ocrnet.timm.<timm_name>[_Mscale]"
+PATTERN = "ocrnet.timm.<timm_name>[_fuse<P>][_Mscale]"
+_FUSE = re.compile(r"_fuse(\d+)$")
 FUSE_STRIDE = 4  # the resolution of the representation the OCR head gets (HRNet's)
 
 
@@ -67,16 +76,25 @@ class UnsupportedTrunkError(UnknownModelError):
 
 
 class TimmTrunk(nn.Module):
-    """A timm ``features_only`` model whose levels (stride >= 4) are fused at stride 4 (module doc)."""
+    """A timm ``features_only`` model whose levels (stride >= 4) are fused at stride 4 (module doc).
+
+    ``fuse_width``: levels wider than this are first projected to it (1x1 conv, BN, ReLU at
+    their own resolution); None: concatenated as they are.
+    """
 
     def __init__(self, body: nn.Module, timm_name: str, levels: Sequence[int], strides: Sequence[int],
-                 channels: Sequence[int], nhwc: bool, align_corners: bool = False) -> None:
+                 channels: Sequence[int], nhwc: bool, align_corners: bool = False,
+                 fuse_width: int | None = None) -> None:
         super().__init__()
         self.body = body
         self.timm_name = timm_name
         self.levels = tuple(levels)  # indices into the body's outputs that are fused
         self.strides = tuple(strides)  # of the fused levels
-        self.out_channels = int(sum(channels))
+        self.fuse_width = fuse_width
+        widths = [c if fuse_width is None else min(c, fuse_width) for c in channels]
+        self.proj = nn.ModuleList([nn.Identity() if w == c else _project(c, w) for c, w in zip(channels, widths,
+                                                                                                strict=True)])
+        self.out_channels = int(sum(widths))
         self.nhwc = nhwc
         self.align_corners = align_corners
         self.pad_to = 1  # input padded to a multiple of this (set by the probe; 1: never padded)
@@ -86,7 +104,8 @@ class TimmTrunk(nn.Module):
         if self.pad_to > 1:  # unconditional (a zero pad is free): no branch on the size in exported graphs
             x = F.pad(x, (0, (-w) % self.pad_to, 0, (-h) % self.pad_to))
         outs = self.body(x)
-        feats = [_nchw(outs[i]) if self.nhwc else outs[i] for i in self.levels]
+        feats = [proj(_nchw(outs[i]) if self.nhwc else outs[i]) for i, proj in zip(self.levels, self.proj,
+                                                                                    strict=True)]
         if self.strides[0] == FUSE_STRIDE:
             size = feats[0].shape[-2:]
         else:
@@ -101,6 +120,11 @@ def _nchw(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)
 
 
+def _project(in_ch: int, out_ch: int) -> nn.Sequential:
+    """1x1 conv, BN, ReLU (foldable into one conv for inference)."""
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+
 def _ceil_div(a: Any, b: int) -> Any:
     """``ceil(a / b)`` for ints and symbolic sizes (integer arithmetic only, traceable)."""
     return (a + b - 1) // b
@@ -109,13 +133,26 @@ def _ceil_div(a: Any, b: int) -> Any:
 # ----------------------------------------------------------------------------- names
 
 
-def parse_arch(name: str) -> tuple[str, bool]:
-    """``ocrnet.timm.convnext_tiny_Mscale`` -> (``convnext_tiny``, True)."""
+@dataclass(frozen=True)
+class TimmArch:
+    """What an ``ocrnet.timm.*`` name says: the timm model, the fuse width, the scale attention."""
+
+    timm_name: str
+    fuse_width: int | None
+    multiscale: bool
+
+
+def parse_arch(name: str) -> TimmArch:
+    """``ocrnet.timm.efficientnet_lite0_fuse64_Mscale`` -> (``efficientnet_lite0``, 64, True)."""
     if not name.startswith(PREFIX):
         raise UnknownModelError(f"{name!r} is not a timm-trunk architecture ({PATTERN})")
     rest = name[len(PREFIX):]
     multiscale = rest.endswith(MSCALE)
-    return (rest[:-len(MSCALE)] if multiscale else rest), multiscale
+    rest = rest[:-len(MSCALE)] if multiscale else rest
+    fuse = _FUSE.search(rest)
+    if fuse and int(fuse[1]) < 1:
+        raise UnknownModelError(f"--arch {name}: the fuse width (_fuse<P>) must be >= 1")
+    return TimmArch(rest[:fuse.start()] if fuse else rest, int(fuse[1]) if fuse else None, multiscale)
 
 
 def check_timm_name(timm_name: str, arch: str) -> None:
@@ -153,7 +190,8 @@ def create_body(timm_name: str, in_channels: int = 3) -> nn.Module:
 
 
 def create_timm_trunk(timm_name: str, in_channels: int = 3, align_corners: bool = False,
-                      weights: str | Path | None = None, weights_partial: bool = False) -> TimmTrunk:
+                      weights: str | Path | None = None, weights_partial: bool = False,
+                      fuse_width: int | None = None) -> TimmTrunk:
     """The fused trunk of timm model ``timm_name`` (module doc), checked by a probe forward."""
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
@@ -165,7 +203,7 @@ def create_timm_trunk(timm_name: str, in_channels: int = 3, align_corners: bool 
                                     f"(strides {reductions})")
     fmt = str(getattr(body, "output_fmt", "NCHW"))
     trunk = TimmTrunk(body, timm_name, levels, [reductions[i] for i in levels], [channels[i] for i in levels],
-                      nhwc=fmt.endswith("NHWC"), align_corners=align_corners)
+                      nhwc=fmt.endswith("NHWC"), align_corners=align_corners, fuse_width=fuse_width)
     trunk.pad_to = probe_padding(trunk, in_channels)
     if weights:
         load_timm_weights(trunk, weights, in_channels, partial=weights_partial)
@@ -357,20 +395,20 @@ def timm_ocr_model(arch: str, num_classes: int, trunk_weights: str | None = None
                    eval_scales: Sequence[float] | None = (0.5, 1.0, 2.0), align_corners: bool = False,
                    widths: OCRWidths | None = None, in_channels: int = 3,
                    trunk_weights_partial: bool = False) -> nn.Module:
-    """The model ``arch`` (``ocrnet.timm.<timm_name>[_Mscale]``) with ``num_classes`` outputs."""
-    timm_name, multiscale = parse_arch(arch)
-    check_timm_name(timm_name, arch)
-    trunk = create_timm_trunk(timm_name, in_channels, align_corners, trunk_weights, trunk_weights_partial)
-    return ocr_on_trunk(arch, multiscale, trunk, num_classes, widths or head_widths(trunk.out_channels),
+    """The model ``arch`` (``ocrnet.timm.<timm_name>[_fuse<P>][_Mscale]``) with ``num_classes`` outputs."""
+    spec = parse_arch(arch)
+    check_timm_name(spec.timm_name, arch)
+    trunk = create_timm_trunk(spec.timm_name, in_channels, align_corners, trunk_weights, trunk_weights_partial,
+                              fuse_width=spec.fuse_width)
+    return ocr_on_trunk(arch, spec.multiscale, trunk, num_classes, widths or head_widths(trunk.out_channels),
                         align_corners=align_corners, mscale_lo_scale=mscale_lo_scale, eval_scales=eval_scales,
                         in_channels=in_channels)
 
 
 @register_family(PREFIX, PATTERN)
 def resolve(arch: str) -> ModelFn:
-    """The builder of ``ocrnet.timm.<timm_name>[_Mscale]``; an unknown timm name is refused here."""
-    timm_name, _ = parse_arch(arch)
-    check_timm_name(timm_name, arch)
+    """The builder of ``ocrnet.timm.<timm_name>[_fuse<P>][_Mscale]``; an unknown timm name is refused here."""
+    check_timm_name(parse_arch(arch).timm_name, arch)
 
     def build(num_classes: int, **kwargs: Any) -> nn.Module:
         return timm_ocr_model(arch, num_classes, **kwargs)
@@ -378,5 +416,5 @@ def resolve(arch: str) -> ModelFn:
     return build
 
 
-__all__ = ["PATTERN", "PREFIX", "TimmTrunk", "UnsupportedTrunkError", "WeightsReport", "check_timm_name",
+__all__ = ["PATTERN", "PREFIX", "TimmArch", "TimmTrunk", "UnsupportedTrunkError", "WeightsReport", "check_timm_name",
            "create_timm_trunk", "head_widths", "load_timm_weights", "parse_arch", "timm_ocr_model"]
