@@ -151,7 +151,7 @@ def parse_arch(name: str) -> TimmArch:
     rest = rest[:-len(MSCALE)] if multiscale else rest
     fuse = _FUSE.search(rest)
     if fuse and int(fuse[1]) < 1:
-        raise UnknownModelError(f"--arch {name}: the fuse width (_fuse<P>) must be >= 1")
+        raise UnknownModelError(f"architecture {name}: the fuse width (_fuse<P>) must be >= 1")
     return TimmArch(rest[:fuse.start()] if fuse else rest, int(fuse[1]) if fuse else None, multiscale)
 
 
@@ -159,14 +159,14 @@ def check_timm_name(timm_name: str, arch: str) -> None:
     """Refuse a name timm does not know (with its close matches) or one with a pretrained tag."""
     if "." in timm_name:
         base = timm_name.split(".")[0]
-        raise UnknownModelError(f"--arch {arch}: drop the pretrained tag ({timm_name[len(base):]}): the trunk "
+        raise UnknownModelError(f"architecture {arch}: drop the pretrained tag ({timm_name[len(base):]}): the trunk "
                                 f"is the timm model {base!r} (ocrnet.timm.{base}...); its weights come from a local "
                                 "file (--trunk_weights), never from the tag")
     if not timm_name or not timm.is_model(timm_name):
         close = difflib.get_close_matches(timm_name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models('<pattern>')"
-        raise UnknownModelError(f"--arch {arch}: timm {timm.__version__} has no model {timm_name!r} ({hint}); "
-                                f"the pattern is {PATTERN}")
+        raise UnknownModelError(f"architecture {arch}: timm {timm.__version__} has no model {timm_name!r} "
+                                f"({hint}); the pattern is {PATTERN}")
 
 
 # ----------------------------------------------------------------------------- building
@@ -312,20 +312,27 @@ def load_timm_weights(trunk: TimmTrunk, path: str | Path, in_channels: int = 3,
              if v.shape != own[k].shape]
     missing = [k for k in own if k not in mapped]
     if (missing or wrong or unexpected) and not partial:
-        raise CheckpointError(
-            f"--trunk_weights {path} does not fit timm's {trunk.timm_name}: {len(missing)} missing tensors "
-            f"(e.g. {missing[:4]}), {len(wrong)} of another shape (e.g. {wrong[:3]}), {len(unexpected)} that "
-            f"this model does not have (e.g. {unexpected[:4]}). Pass the timm checkpoint of {trunk.timm_name} "
-            "(timm's key layout), or ask for a partial load (trunk_weights_partial) to load what fits")
+        raise CheckpointError(_misfit(path, trunk.timm_name, missing, wrong, unexpected))
     fitting = {k: v for k, v in mapped.items() if v.shape == own[k].shape}
     trunk.body.load_state_dict(fitting, strict=False)
     total = sum(v.numel() for v in own.values()) or 1
     report = WeightsReport(len(fitting), len(own), sum(own[k].numel() for k in fitting) / total,
                            len(foreign) - len(unexpected))
     if not fitting:
-        raise CheckpointError(f"--trunk_weights {path}: no tensor fits timm's {trunk.timm_name}")
+        raise CheckpointError(f"trunk weights {path}: no tensor fits timm's {trunk.timm_name}")
     _say(report.line(path))
     return report
+
+
+def _misfit(path: str | Path, timm_name: str, missing: list[str], wrong: list[str], unexpected: list[str]) -> str:
+    parts = [f"trunk weights {path} do not fit timm's {timm_name}:"]
+    for label, keys in (("missing tensors", missing), ("tensors of another shape", wrong),
+                        ("tensors this model does not have", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])});")
+    parts.append(f"pass the timm checkpoint of {timm_name} (timm's key layout), or ask for a partial load "
+                 "(get_model(..., trunk_weights_partial=True)) to load what fits")
+    return " ".join(parts)
 
 
 def _map_keys(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
