@@ -193,6 +193,13 @@ def loaded_fraction(model: nn.Module, ckpt: Mapping[str, Any]) -> tuple[int, int
     return len(fit), len(own), sum(own[k].numel() for k in fit) / total
 
 
+def say_once(text: str) -> None:
+    """Print ``text`` once per job: on rank 0 when torch.distributed is running (weights-loading reports)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        print(text, flush=True)
+
+
 def _load_fitting(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

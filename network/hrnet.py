@@ -173,14 +173,15 @@ def trunk_channels(trunk: HRNetV2Trunk) -> int:
     return int(sum(trunk.feature_info.channels()))  # type: ignore[attr-defined]  # timm's FeatureInfo
 
 
-def load_trunk_weights(trunk: nn.Module, path: str | Path) -> None:
+def load_trunk_weights(trunk: nn.Module, path: str | Path, partial: bool = False) -> None:
     """Load ImageNet HRNet weights from a local file (``.pth``/``.pt``/``.bin``/``.safetensors``).
 
     Accepts timm/HF classification checkpoints (classifier and ``incre_modules`` keys are
     ignored), reference-style trunk checkpoints (``module.``/``backbone.`` prefixes) and
-    ``{"state_dict": ...}`` wrappers. Every trunk key must be present with its shape.
+    ``{"state_dict": ...}`` wrappers. Every trunk key must be present with its shape, unless
+    ``partial``: then the tensors whose name and shape fit are loaded and their share printed.
     """
-    from network.checkpoint import CheckpointError, read_state_dict
+    from network.checkpoint import CheckpointError, read_state_dict, say_once
 
     path = Path(path)
     state = read_state_dict(path)
@@ -190,14 +191,22 @@ def load_trunk_weights(trunk: nn.Module, path: str | Path) -> None:
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state and state[k].shape != own[k].shape]
     unexpected = [k for k in state if k not in own and not k.startswith(_HEAD_PREFIXES)]
-    if missing or wrong or unexpected:
+    if (missing or wrong or unexpected) and not partial:
         raise CheckpointError(
             f"{path} does not hold weights for this HRNet trunk: {len(missing)} missing keys "
             f"(e.g. {missing[:5]}), {len(wrong)} shape mismatches (e.g. {wrong[:5]}), "
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:5]}). Pass the ImageNet "
             "checkpoint of the same trunk (hrnet_w48 for ocrnet.HRNet_Mscale, hrnet_w18, "
-            "hrnet_w18_small_v2 for the _w18s models).")
-    trunk.load_state_dict({k: state[k] for k in own}, strict=True)
+            "hrnet_w18_small_v2 for the _w18s models), or ask for a partial load "
+            "(get_model(..., trunk_weights_partial=True)).")
+    fitting = {k: state[k] for k in own if k in state and state[k].shape == own[k].shape}
+    if not fitting:
+        raise CheckpointError(f"trunk weights {path}: no tensor fits this HRNet trunk")
+    trunk.load_state_dict(fitting, strict=not partial)
+    if partial:
+        share = sum(own[k].numel() for k in fitting) / (sum(v.numel() for v in own.values()) or 1)
+        say_once(f"trunk weights {path}: {len(fitting)} of {len(own)} tensors loaded "
+                 f"({100 * share:.1f}% of the trunk's weights)")
 
 
 # Classification-head parts of ImageNet HRNet checkpoints, not used by the segmentation trunk.
@@ -215,10 +224,10 @@ def _strip(key: str) -> str:
 # ----------------------------------------------------------------------------- registered trunks
 
 def _hrnet(width: str, weights: str | None, align_corners: bool = False,
-           fuse_upsample: str = "bilinear") -> HRNetV2Trunk:
+           fuse_upsample: str = "bilinear", weights_partial: bool = False) -> HRNetV2Trunk:
     trunk = create_trunk(width, align_corners=align_corners, fuse_upsample=fuse_upsample)
     if weights:
-        load_trunk_weights(trunk, weights)
+        load_trunk_weights(trunk, weights, partial=weights_partial)
     return trunk
 
 

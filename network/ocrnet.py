@@ -176,12 +176,14 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
 def ocr_model(arch: str, multiscale: bool, trunk: str, num_classes: int, trunk_weights: str | None = None,
               mscale_lo_scale: float = 0.5, eval_scales: Sequence[float] | None = (0.5, 1.0, 2.0),
               align_corners: bool = False, widths: OCRWidths | None = None, in_channels: int = 3,
-              **trunk_kwargs: Any) -> nn.Module:
+              trunk_weights_partial: bool = False, **trunk_kwargs: Any) -> nn.Module:
     """An OCR (``multiscale``: + scale attention) head on the registered trunk ``trunk``.
 
-    ``trunk_kwargs`` go to the trunk's builder (e.g. ``fuse_upsample`` for the HRNet trunks).
+    ``trunk_kwargs`` go to the trunk's builder (e.g. ``fuse_upsample`` for the HRNet trunks);
+    ``trunk_weights_partial`` loads only the ``trunk_weights`` tensors that fit.
     """
-    backbone = build_trunk(trunk, weights=trunk_weights, align_corners=align_corners, **trunk_kwargs)
+    backbone = build_trunk(trunk, weights=trunk_weights, align_corners=align_corners,
+                           weights_partial=trunk_weights_partial, **trunk_kwargs)
     if in_channels != 3:  # N-band input: RGB filters extended (network/first_conv.py)
         set_in_channels(backbone, in_channels)
     widths = widths or HEAD_WIDTHS.get(trunk, REFERENCE_WIDTHS)

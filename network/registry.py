@@ -42,8 +42,9 @@ class UnknownModelError(UserError, KeyError):
 
 
 def register_trunk(name: str) -> Callable[[ModelFn], ModelFn]:
-    """Decorator: register ``fn(weights=None, align_corners=False, **kwargs) -> nn.Module`` (a
-    feature extractor with ``out_channels``) under ``name``; ``weights`` is a local file."""
+    """Decorator: register ``fn(weights=None, align_corners=False, weights_partial=False, **kwargs)
+    -> nn.Module`` (a feature extractor with ``out_channels``) under ``name``; ``weights`` is a
+    local file, loaded whole unless ``weights_partial`` (then what fits, its share printed)."""
 
     def wrap(fn: ModelFn) -> ModelFn:
         if name in _TRUNKS:

@@ -48,7 +48,6 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,7 +299,7 @@ class WeightsReport:
 def load_timm_weights(trunk: TimmTrunk, path: str | Path, in_channels: int = 3,
                       partial: bool = False) -> WeightsReport:
     """Load a timm checkpoint of the trunk's model into it (module doc); prints and returns the share."""
-    from network.checkpoint import CheckpointError, read_state_dict
+    from network.checkpoint import CheckpointError, read_state_dict, say_once
 
     state = read_state_dict(path)
     own = trunk.body.state_dict()
@@ -320,7 +319,7 @@ def load_timm_weights(trunk: TimmTrunk, path: str | Path, in_channels: int = 3,
                            len(foreign) - len(unexpected))
     if not fitting:
         raise CheckpointError(f"trunk weights {path}: no tensor fits timm's {trunk.timm_name}")
-    _say(report.line(path))
+    say_once(report.line(path))
     return report
 
 
@@ -386,13 +385,6 @@ def _classifier_keys(timm_name: str, in_channels: int) -> set[str] | None:
         except Exception:  # noqa: BLE001, S112 - only narrows the check of unexpected keys
             continue
     return None
-
-
-def _say(text: str) -> None:
-    """Print once per job: on rank 0 when torch.distributed is running."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-        print(text, file=sys.stdout, flush=True)
 
 
 # ----------------------------------------------------------------------------- the family

@@ -217,7 +217,7 @@ def test_trunk_weights_of_another_model_are_refused_unless_partial(tmp_path, cap
     import timm
 
     torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), tmp_path / "resnet34.pth")
-    with pytest.raises(CheckpointError, match=r"do not fit timm.s resnet18: 96 tensors this model does not have \(e.g. layer1.2"):
+    with pytest.raises(CheckpointError, match=r"resnet18: 96 tensors this model does not have \(e.g. layer1.2"):
         create_timm_trunk("resnet18", weights=tmp_path / "resnet34.pth")
     convnext = {k: v for k, v in timm.create_model("convnext_atto", pretrained=False).state_dict().items()}
     torch.save(convnext, tmp_path / "convnext.pth")
@@ -297,3 +297,17 @@ def test_door_op_set_covers_the_timm_trunks():
     from deploy.onnx_export import TENSORRT_OPS
 
     assert EXTRA_TRT_OPS <= TENSORRT_OPS
+
+
+def test_hrnet_trunk_weights_load_partially_on_request_too(tmp_path, capsys):
+    """The same keyword for every trunk, so train.py can pass one flag whatever --arch is."""
+    import timm
+
+    torch.save(timm.create_model("hrnet_w18_small", pretrained=False).state_dict(), tmp_path / "w18small_v1.pth")
+    with pytest.raises(CheckpointError, match="trunk_weights_partial=True"):
+        get_model("ocrnet.HRNet_w18s", NUM_CLASSES, trunk_weights=str(tmp_path / "w18small_v1.pth"))
+    capsys.readouterr()
+    get_model("ocrnet.HRNet_w18s", NUM_CLASSES, trunk_weights=str(tmp_path / "w18small_v1.pth"),
+              trunk_weights_partial=True)
+    loaded = re.search(r"(\d+) of (\d+) tensors loaded", capsys.readouterr().out)
+    assert loaded and 0 < int(loaded[1]) < int(loaded[2])
