@@ -29,6 +29,10 @@ The fuse rule (what the OCR head sees), after HRNet's bilinear fuse:
    right with zeros (the normalised mean colour) to the smallest multiple that works, and the
    fused map is cropped back to ``ceil(H/4) x ceil(W/4)``: padding to the finest stride is
    tried first, then to the coarsest; CNNs are never padded.
+6. Inputs must be at least the coarsest stride (32 px) on each side at every scale for trunks
+   whose downsampling convs have no padding (ConvNeXt's 2x2 stride-2 convs): a 40x50 image at
+   scale 0.5 is too small for them (HRNet takes it). export.py's 64-px minimum side at scale 0.5
+   and predict.py's sizes (multiples of 32) meet this.
 
 At build time one probe forward (eval mode, no gradients, zeros, on an awkward size such as
 70x106) checks all this; a model whose features do not follow the input size (fixed-size
