@@ -56,3 +56,18 @@ def test_panel_and_curves_render():
     rows = [{"phase": "train", "iteration": i, "loss": 1.0 / i, "lr": 0.1} for i in range(1, 10)]
     rows.append({"phase": "val", "iteration": 9, "mean_iu": 0.5, "pixel_acc": 0.9})
     assert curves_figure(rows).shape == (360, 1200, 3)
+
+
+def test_smoothed_loss_runs_through_the_data_of_a_short_run():
+    """curves.png's smoothed loss was an EMA (0.1) started at the first value: on a falling loss of a
+    short run it lagged above almost every raw point. The centred mean runs through the data."""
+    from utils.figures import smooth_curve
+
+    raw = [2.0 - 0.075 * i + 0.05 * (-1) ** i for i in range(20)]
+    smooth = smooth_curve(raw)
+    above = sum(r > s for r, s in zip(raw, smooth, strict=True))
+    assert 5 <= above <= 15  # about half the points on either side (the EMA: 1 of 20 below it)
+    assert abs(float(np.mean(np.subtract(smooth, raw)))) < 0.02
+    assert (smooth[0], smooth[-1]) == pytest.approx((raw[0], raw[-1]))
+    line = [1.0 + 0.5 * i for i in range(9)]
+    assert smooth_curve(line, 2) == pytest.approx(line)  # exactly through a straight line

@@ -119,11 +119,21 @@ def _cmap(name: str) -> Any:
     return matplotlib.colormaps[name].with_extremes(bad="#d0d0d0")
 
 
-def _ema(values: Sequence[float], alpha: float = 0.1) -> list[float]:
-    out, acc = [], None
-    for v in values:
-        acc = v if acc is None else (1 - alpha) * acc + alpha * v
-        out.append(acc)
+def smooth_curve(values: Sequence[float], half_width: int | None = None) -> list[float]:
+    """Centred moving mean: each point averages ``half_width`` neighbours on either side (fewer at the
+    ends, where the window shrinks symmetrically, so the first and last values are the raw ones).
+
+    A trailing EMA started at the first value lags the data: on a falling loss it runs above almost
+    every raw point of a short run. The centred mean runs through the data (exactly through a
+    straight line). Default ``half_width``: 1/20 of the points, at least 1.
+    """
+    n = len(values)
+    h = max(1, round(n / 20)) if half_width is None else half_width
+    prefix = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=np.float64))])
+    out = []
+    for i in range(n):
+        k = min(h, i, n - 1 - i)
+        out.append(float((prefix[i + k + 1] - prefix[i - k]) / (2 * k + 1)))
     return out
 
 
@@ -136,7 +146,9 @@ def curves_figure(rows: Sequence[dict[str, Any]], title: str = "") -> np.ndarray
     its = [r["iteration"] for r in train]
     losses = [r["loss"] for r in train]
     ax_loss.plot(its, losses, color="#9ecae1", linewidth=0.8, label="loss")
-    ax_loss.plot(its, _ema(losses), color="#08519c", linewidth=1.5, label="smoothed (EMA 0.1)")
+    half = max(1, round(len(losses) / 20))
+    ax_loss.plot(its, smooth_curve(losses, half), color="#08519c", linewidth=1.5,
+                 label=f"smoothed (centred mean of {2 * half + 1})")
     ax_loss.set(title="training loss", xlabel="iteration", ylabel="loss")
     ax_loss.legend(fontsize=8)
     ax_lr.plot(its, [r.get("lr") for r in train], color="#31a354")
