@@ -134,11 +134,10 @@ def main_experiment(argv: Sequence[str]) -> int:
         return 0
     code_root = Path.cwd()
     if args.interactive:
-        failed = launch.run_local(plans, keep_going=args.keep_going, code_root=code_root,
-                                  patterns=settings.code_ignore_patterns)
-        print(f"[sbatch] {len(plans) - failed} of {len(plans)} runs succeeded" if failed else
-              f"[sbatch] all {len(plans)} runs succeeded", file=sys.stderr)
-        return 1 if failed else 0
+        outcome = launch.run_local(plans, keep_going=args.keep_going, code_root=code_root,
+                                   patterns=settings.code_ignore_patterns)
+        print(f"[sbatch] {outcome.line()}", file=sys.stderr)
+        return 1 if outcome.failed else 0
     source = {"yaml": str(Path(args.exp_yml).resolve()), "overrides": list(args.overrides),
               "tag": args.tag, "no_cooldir": args.no_cooldir, "farm": args.farm}
     entries = submit(settings, plans, code_root, source)

@@ -188,11 +188,25 @@ def _write_command(planned: Planned) -> None:
 # ---------------------------------------------------------------- local (-i)
 
 
+@dataclass(frozen=True)
+class LocalOutcome:
+    """What ``-i`` did: runs that failed, succeeded, and were never started (stopped at a failure)."""
+
+    failed: int
+    succeeded: int
+    not_run: int
+
+    def line(self) -> str:
+        if not self.failed and not self.not_run:
+            return f"all {self.succeeded} runs succeeded"
+        why = " (stopped at the first failure; --keep-going runs the rest)" if self.not_run else ""
+        return f"{self.failed} failed, {self.succeeded} succeeded, {self.not_run} not run{why}"
+
+
 def run_local(plans: Sequence[Planned], *, keep_going: bool, code_root: Path,
-              patterns: Sequence[str]) -> int:
-    """Run in order on this machine; stop at the first failure unless ``keep_going``.
-    Returns the number of failed runs."""
-    failed = 0
+              patterns: Sequence[str]) -> LocalOutcome:
+    """Run in order on this machine; stop at the first failure unless ``keep_going``."""
+    failed = succeeded = 0
     for i, planned in enumerate(plans):
         run = planned.run
         write_run_files(planned, code_root, patterns)
@@ -203,12 +217,14 @@ def run_local(plans: Sequence[Planned], *, keep_going: bool, code_root: Path,
         except OSError as e:
             print(f"[sbatch] {run.name}: cannot start {run.argv[0]!r}: {e}", file=sys.stderr)
             code = 127
-        if code != 0:
-            failed += 1
-            print(f"[sbatch] {run.name} FAILED with exit status {code}", file=sys.stderr, flush=True)
-            if not keep_going:
-                break
-    return failed
+        if code == 0:
+            succeeded += 1
+            continue
+        failed += 1
+        print(f"[sbatch] {run.name} FAILED with exit status {code}", file=sys.stderr, flush=True)
+        if not keep_going:
+            break
+    return LocalOutcome(failed, succeeded, len(plans) - failed - succeeded)
 
 
 # ---------------------------------------------------------------- Slurm

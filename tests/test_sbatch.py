@@ -199,9 +199,10 @@ def test_interactive_stops_at_failure_unless_keep_going(project):
     exp = write_exp(project, {"CMD": "python prog.py", "HPARAMS": {"code": [3, 0], "out": "LOGDIR/o.json"}})
     stop = sbatch_cli(project, exp, "-i", "--exp_name", "stop")
     assert stop.returncode == 1 and "FAILED with exit status 3" in stop.stderr
+    assert "1 failed, 0 succeeded, 1 not run" in stop.stderr
     assert len(list((project / "logs" / "stop").glob("*/o.json"))) == 1
     going = sbatch_cli(project, exp, "-i", "--keep-going", "--exp_name", "going")
-    assert going.returncode == 1 and "1 of 2 runs succeeded" in going.stderr
+    assert going.returncode == 1 and "1 failed, 1 succeeded, 0 not run" in going.stderr
     assert len(list((project / "logs" / "going").glob("*/o.json"))) == 2
 
 

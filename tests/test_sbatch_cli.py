@@ -222,3 +222,13 @@ def test_resubmit_from_yaml_takes_current_values(project):
     (project / "exp.yml").write_text(yaml.safe_dump({"CMD": "python train.py", "HPARAMS": {"lr": 0.1}}))
     with pytest.raises(manifest.ManifestError, match="no counterpart"):
         cli.plans_from_yaml(logroot / "exp", entries[1:], str(project / ".runx"))
+
+
+def test_interactive_reports_failed_succeeded_and_not_run(project):
+    """`-i` said "3 of 4 runs succeeded" when the first run failed and the other three never ran."""
+    (project / "train.py").write_text("import sys; sys.exit(1 if '--lr' in sys.argv and '0.1' in sys.argv else 0)\n")
+    done = sbatch_cli(project, "exp.yml", "-i", "lr=0.1,0.2,0.3,0.4")
+    assert done.returncode == 1
+    assert "[sbatch] 1 failed, 0 succeeded, 3 not run" in done.stderr, done.stderr
+    kept = sbatch_cli(project, "exp.yml", "-i", "--keep-going", "lr=0.1,0.2,0.3,0.4", "--tag", "k")
+    assert kept.returncode == 1 and "[sbatch] 1 failed, 3 succeeded, 0 not run" in kept.stderr, kept.stderr
