@@ -838,4 +838,6 @@ def _main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.signals import exit_settled
+
+    exit_settled(main())

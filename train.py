@@ -55,7 +55,14 @@ from utils.monitor import Monitor, eval_output_dir, write_top_k
 from utils.optim import build_optimizer, poly_schedule
 from utils.progress import TrainProgress, progress_iter
 from utils.reference_flags import TEST_MODE_VAL_BATCHES
-from utils.signals import EXIT_REQUEUE, StartupStop, StopRequest, ignore_stop_signals, stop_raises
+from utils.signals import (
+    EXIT_REQUEUE,
+    StartupStop,
+    StopRequest,
+    ignore_stop_signals,
+    stop_handlers_kept,
+    stop_raises,
+)
 
 
 @dataclass
@@ -97,7 +104,7 @@ class Trainer:
     accum: int  # micro-batches per optimizer step
     steps_per_epoch: int
     total_iters: int
-    stop: StopRequest = field(default_factory=StopRequest)
+    stop: StopRequest = field(default_factory=lambda: StopRequest(settled=True))  # outcome settled at its end
 
 
 # ----------------------------------------------------------------------------- data
@@ -540,9 +547,15 @@ def _build_criterion(cfg: Config, ds: Any) -> nn.Module:
 
 
 def main(cfg: Config) -> int:
-    """Wire the builders and run training or evaluation; returns the exit status."""
+    """Wire the builders and run training or evaluation; returns the exit status. The caller's
+    SIGTERM/SIGUSR1 handlers are as they were afterwards (training ignores them once settled)."""
     if cfg.eval.eval == "folder":
         return eval_folder(cfg)
+    with stop_handlers_kept():
+        return _run(cfg)
+
+
+def _run(cfg: Config) -> int:
     info = init_distributed(cfg.train.device)
     flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
              torch.backends.cudnn.deterministic)
@@ -628,4 +641,6 @@ def _main_until_stopped(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    from utils.signals import exit_settled
+
+    exit_settled(cli())

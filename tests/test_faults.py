@@ -6,6 +6,7 @@ error is one line ``prog: error: ...`` naming the flag, exit 2, no traceback unl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -374,6 +375,55 @@ def test_sigterm_while_importing_torch_is_a_clean_start_up_stop(tmp_path, prog, 
     assert proc.returncode == exit_status, err[-2000:]
     assert "during start-up" in err and "rerun the same command" in err and "Traceback" not in err
     assert not out.exists() and not (tmp_path / "fresh").exists()  # nothing created, nothing half-written
+
+
+@pytest.mark.slow  # a train.py subprocess
+def test_sigterm_burst_after_last_pth_still_exits_75(synthetic_root, tmp_path):
+    """A burst of SIGTERMs after "wrote last.pth, exit 75" ended the process with 143 (Python resets
+    handlers at shutdown; Slurm then counts a failure and does not requeue). Once the checkpoint is
+    written the exit status is 75 whatever arrives."""
+    import signal
+    import threading
+
+    args = tiny_args(synthetic_root, tmp_path / "run", "--max_epoch", "50", "--val_freq", "100", "--ckpt_freq", "0")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    deadline = time.monotonic() + 300
+
+    def wait_for(text: str) -> None:
+        while not any(text in ln for ln in lines) and proc.poll() is None:
+            assert time.monotonic() < deadline, "".join(lines)[-2000:]
+            time.sleep(0.002)
+
+    wait_for("[train] it 2/")
+    proc.send_signal(signal.SIGTERM)
+    wait_for("exit 75")
+    while proc.poll() is None:  # the burst: until the process is gone
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        time.sleep(0.001)
+    assert proc.wait() == 75, "".join(lines)[-2000:]
+    assert not any("during start-up" in ln for ln in lines)
+
+
+def test_train_main_in_process_gives_the_callers_handlers_back(synthetic_root, tmp_path):
+    """Training ignores stop signals once its outcome is settled; a caller of train.main in-process
+    (a notebook, a test) gets its own handlers back afterwards."""
+    import signal
+
+    from config import parse_config
+    from train import main
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert main(parse_config(tiny_args(synthetic_root, tmp_path / "run", "--max_iter", "1",
+                                           "--val_freq", "100"))) == 0
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------- item 18: metrics.csv

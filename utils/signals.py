@@ -12,10 +12,12 @@ import signal
 import sys
 import types
 from collections.abc import Iterator
+from typing import NoReturn
 
 EXIT_REQUEUE = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _deferred: list[int] = []  # stop signals that arrived while the program was still importing
+_settled: list[bool] = [False]  # the run's outcome is decided (a settled StopRequest ended): signals change nothing
 
 
 def defer_stop_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
@@ -41,10 +43,17 @@ def take_deferred() -> int | None:
 
 
 class StopRequest:
-    """Installs handlers for ``signals`` while active; ``requested`` tells whether one arrived."""
+    """Installs handlers for ``signals`` while active; ``requested`` tells whether one arrived.
 
-    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
+    ``settled=True``: leaving the block settles the run's outcome (training finished, or ``last.pth``
+    written for exit 75), so the signals are then ignored instead of handed back: a burst of
+    SIGTERMs after "wrote last.pth, exit 75" cannot turn the exit into 143 (a failure, no requeue).
+    An enclosing :func:`stop_raises` puts the caller's handlers back at its own end.
+    """
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS, settled: bool = False):
         self.signals = signals
+        self.settled = settled
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -61,8 +70,10 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.settled:
+            _settled[0] = True
         for s, prev in self._previous.items():
-            signal.signal(s, prev)  # type: ignore[arg-type]
+            signal.signal(s, signal.SIG_IGN if self.settled else prev)  # type: ignore[arg-type]
         self._previous.clear()
 
 
@@ -83,8 +94,10 @@ def stop_raises() -> Iterator[None]:
     :data:`EXIT_REQUEUE`), instead of killing the process with 143, which counts as failed.
     A :class:`StopRequest` entered inside takes over for the training loop."""
     def handler(signum: int, _frame: types.FrameType | None) -> None:
-        raise StartupStop(signum)
+        if not _settled[0]:  # after a settled StopRequest the exit status is decided: ignore
+            raise StartupStop(signum)
 
+    _settled[0] = False
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         deferred = take_deferred()
@@ -116,6 +129,30 @@ def exit_on_signal(signals: tuple[signal.Signals, ...] = (signal.SIGTERM,), prog
     finally:
         for s, prev in previous.items():
             signal.signal(s, prev)
+
+
+def exit_settled(code: int) -> NoReturn:
+    """``sys.exit(code)`` for a program whose outcome is decided: stop signals are ignored from here on.
+
+    During interpreter shutdown Python resets signals that have Python handlers to their default
+    action, so a SIGTERM then would kill the process with 143 whatever ``code`` was; ignored
+    signals stay ignored.
+    """
+    ignore_stop_signals()
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def stop_handlers_kept() -> Iterator[None]:
+    """The stop signals' handlers as they were on entry, also after a settled :class:`StopRequest`
+    (which ignores them): ``train.main`` called in-process leaves the caller's handlers alone."""
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, prev in previous.items():
+            if prev is not None:
+                signal.signal(s, prev)
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
