@@ -146,12 +146,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 
 def check_label_sample(dataset: SegmentationDataset, count: int = 16) -> None:
-    """At start-up: ``count`` labels spread over the dataset must hold some class, not only
-    ignored pixels (labels of another dataset map to nothing and train on a loss of 0)."""
+    """At start-up: ``count`` labels spread over the dataset (all of them in a split of at most
+    ``count`` images) must hold some class, not only ignored pixels (labels of another dataset map
+    to nothing and train on a loss of 0)."""
     paths = [p for p in dataset.label_paths if p is not None]
     if not paths:
         return
-    picks = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(min(count, len(dataset)))})
+    n = len(dataset)
+    picks = list(range(n)) if n <= count else sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
     labelled = [i for i in picks if dataset.items[i].label is not None]
     if labelled and all(np.all(dataset.load_label(i) == dataset.ignore_index) for i in labelled):
         raise DatasetError(f"the {len(labelled)} labels sampled from {dataset.name} {dataset.split!r} under "

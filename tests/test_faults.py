@@ -287,6 +287,26 @@ def test_labels_that_map_only_to_ignore_are_refused(synthetic_root, tmp_path, ca
     assert "only the ignore label" in _one_line_error(capsys.readouterr().err)
 
 
+def test_label_check_reads_every_label_of_a_small_split(synthetic_root, tmp_path):
+    """Under 16 images the start-up check sampled only the first half of the labels (8 images:
+    0,0,1,1,2,2,3,3): a split whose first half holds only ignored pixels was refused as the wrong
+    dataset although its other labels are fine."""
+    import cv2
+    import numpy as np
+
+    from datasets import build_dataset
+    from datasets.base import check_label_sample
+
+    root = tmp_path / "half"
+    shutil.copytree(synthetic_root, root)
+    ds = build_dataset("synthetic", root=root, split="train")
+    assert len(ds) == 8
+    for i in range(4):  # the first half: ignore only (Cityscapes id 0 "unlabeled")
+        lab = ds.items[i].label
+        cv2.imwrite(str(lab), np.zeros(cv2.imread(str(lab), cv2.IMREAD_UNCHANGED).shape, np.uint8))
+    check_label_sample(ds)  # the other four hold classes: no refusal
+
+
 def test_metrics_json_is_valid_json_with_null_for_absent_classes(tmp_path):
     import json
 
