@@ -188,7 +188,7 @@ def env_root(root: str | os.PathLike | None, env: str, what: str) -> Path:
     if root is None:
         value = os.environ.get(env)
         if not value:
-            raise DatasetError(f"no {what} root given: pass --dataset_root DIR (root=...) or set the "
+            raise DatasetError(f"no {what} root given: pass --dataset_root DIR or set the "
                                f"environment variable {env} to the dataset directory")
         root = value
-    return require_dir(Path(root).expanduser(), f"{what} root", f"pass --dataset_root DIR (root=...) or set {env}")
+    return require_dir(Path(root).expanduser(), f"{what} root", f"pass --dataset_root DIR or set {env}")

@@ -68,6 +68,19 @@ def test_missing_dataset_root_names_the_flag(tmp_path, capsys):
     assert "--dataset_root" in line and "root=..." not in line.split("--dataset_root")[0]
 
 
+@pytest.mark.slow  # two train.py processes under torchrun
+def test_user_error_under_torchrun_is_printed_once(tmp_path):
+    """eval_mapillary.yml's command without MAPILLARY_ROOT printed "no mapillary root given: pass
+    --dataset_root DIR (root=...)" once per rank (eight times) before torchrun's traceback."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = run_train(["--dataset", "mapillary", "--eval", "val", "--arch", "ocrnet.HRNet_w18s", "--device", "cpu",
+                      "--result_dir", str(tmp_path / "r")], launcher=launcher, timeout=300)
+    assert done.returncode != 0
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("train.py: error: ")]
+    assert lines == ["train.py: error: no mapillary root given: pass --dataset_root DIR or set the environment "
+                     "variable MAPILLARY_ROOT to the dataset directory"], done.stderr[-3000:]
+
+
 def test_wrongly_laid_out_root_names_the_flag(tmp_path, capsys):
     (tmp_path / "flat").mkdir()
     assert cli(["--dataset", "cityscapes", "--dataset_root", str(tmp_path / "flat"),

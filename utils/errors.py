@@ -11,6 +11,10 @@
   that the main process can checkpoint first) are killed, so the program ends in seconds
   instead of waiting for them forever.
 
+Under torchrun or Slurm every rank runs the same command line and meets the same user error; only
+local rank 0 (``LOCAL_RANK`` unset or 0: once per node) prints its line, the other ranks exit 2
+silently (with ``HMSA_DEBUG=1`` they print theirs too).
+
 ``HMSA_DEBUG=1`` or ``--debug`` on the command line prints the traceback of user errors too.
 Stdlib only: ``config.py`` and ``sbatch/`` import it without torch.
 """
@@ -25,6 +29,7 @@ import re
 import signal
 import sys
 import traceback
+import typing
 from collections.abc import Callable, Sequence
 
 EXIT_OK = 0
@@ -88,6 +93,12 @@ def end_children(timeout: float = 2.0) -> None:
         signal.signal(signal.SIGCHLD, previous)
 
 
+def speaks_for_the_ranks(env: typing.Mapping[str, str] | None = None) -> bool:
+    """True in the one process per node that prints a user error: no ``LOCAL_RANK``, or local rank 0."""
+    env = os.environ if env is None else env
+    return env.get("LOCAL_RANK", "0").strip() in ("", "0")
+
+
 def report(prog: str, message: str, error: BaseException | None = None, debug: bool = False) -> None:
     if debug and error is not None:
         traceback.print_exception(error)
@@ -106,7 +117,8 @@ def run_cli(prog: str, main: Callable[[], int], argv: Sequence[str] = (),
         return main()
     except user_errors as e:
         end_children()
-        report(prog, one_line(e), e, debug)
+        if debug or speaks_for_the_ranks():  # the other ranks of this node meet the same error
+            report(prog, one_line(e), e, debug)
         return EXIT_USAGE
     except OSError as e:
         end_children()
