@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from inference import defaults as inference_defaults
 from utils import reference_flags
 from utils.errors import UserError
 
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
-AMP_DTYPES = ("auto", "fp16", "bf16")
+AMP_DTYPES = inference_defaults.PRECISIONS  # auto, fp32, bf16, fp16: the one precision rule's choices
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 EVAL_MODES = ("val", "trn", "test", "folder")
 DEVICES = ("auto", "cpu", "cuda")
@@ -43,7 +44,9 @@ def flag(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any
 
     ``meta``: ``choices``; ``flag`` (the flag's name when it differs from the field's);
     ``aliases`` (more flag names); ``negate`` (a bool defaulting to True, switched off by
-    ``--no_<name>``); ``required`` (required on the command line despite a default).
+    ``--no_<name>``); ``required`` (required on the command line despite a default); ``check``
+    (``value -> problem | None``: a value the program would refuse later is refused while parsing,
+    so ``python -m sbatch`` refuses it at submission).
     :func:`add_arguments` turns such fields into argparse arguments.
     """
     if isinstance(default, (list, dict, set)):
@@ -129,8 +132,8 @@ class TrainConfig:
                                    choices=AMP_LEVELS)
     fp16: bool = _f(False, "mixed precision (native torch.amp; default level O1)")
     apex: bool = _f(False, "accepted for the reference's YAMLs: native AMP/DDP, apex unused")
-    amp_dtype: str = _f("auto", "half dtype of O1-O3: auto = bf16 where the GPU supports it (and on "
-                        "the CPU), else fp16; a GradScaler only for fp16", choices=AMP_DTYPES)
+    amp_dtype: str = _f("auto", "dtype of O1-O3 training and of evaluation; " + inference_defaults.AUTO_HELP
+                        + "; a GradScaler only for fp16", choices=AMP_DTYPES)
     no_channels_last: bool = _f(False, "train in NCHW instead of channels_last (the CUDA default)")
     compile: bool = _f(False, "torch.compile the model for training and evaluation (eager if it fails)")
     grad_ckpt: bool = _f(False, "gradient checkpointing of the trunk: less memory, ~30%% more time")
@@ -254,9 +257,28 @@ def _comma_parser(flag: str, item_type: type, pairs: bool) -> typing.Callable[[s
     return parse
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:  # argparse would sys.exit(2)
+class CliParser(argparse.ArgumentParser):
+    """argparse whose errors are :class:`ConfigError` (one line, exit 2 through ``utils.errors.run_cli``)."""
+
+    def error(self, message: str) -> typing.NoReturn:  # argparse would print usage and sys.exit(2)
         raise ConfigError(message)
+
+
+def _checked(parse: typing.Callable[[str], Any], check: typing.Callable[[Any], str | None] | None
+             ) -> typing.Callable[[str], Any]:
+    """``parse``, then ``check`` on the value: its problem becomes argparse's one-line error."""
+    if check is None:
+        return parse
+
+    def run(text: str) -> Any:
+        value = parse(text)
+        problem = check(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    run.__name__ = getattr(parse, "__name__", "value")
+    return run
 
 
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
@@ -275,10 +297,11 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
             if f.metadata.get("negate"):
                 name, kwargs["help"] = f"no_{name}", f"switch off: {kwargs['help']}"
         elif typing.get_origin(tp) is tuple:
-            kwargs["type"] = _comma_parser(name, typing.get_args(tp)[0], f.name == "crop_size")
+            kwargs["type"] = _checked(_comma_parser(name, typing.get_args(tp)[0], f.name == "crop_size"),
+                                      f.metadata.get("check"))
             kwargs["metavar"] = "A,B,..."
         else:
-            kwargs["type"] = tp
+            kwargs["type"] = _checked(tp, f.metadata.get("check"))
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(f"--{name}", *f.metadata.get("aliases", ()), **kwargs)
@@ -292,7 +315,7 @@ def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
 
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser generated from the dataclass fields (one flag per field)."""
-    parser = _Parser(prog="train.py", description="HMSA semantic segmentation: train / evaluate",
+    parser = CliParser(prog="train.py", description="HMSA semantic segmentation: train / evaluate",
                      allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for section, cls in SECTIONS.items():
         add_arguments(parser.add_argument_group(section), cls)

@@ -67,8 +67,8 @@ from datasets.folder import (
 )
 from datasets.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, info_for_checkpoint
 from datasets.raster import GeoError
+from inference.defaults import AUTO_HELP, PRECISIONS
 from sbatch import slurmenv
-from utils.amp import INFERENCE_DTYPES, inference_dtype
 from utils.dist import pick_device
 from utils.errors import UserError, is_disk_full, run_cli
 from utils.folderjob import Claims, Owner, PartReport, merged_failures, part_suffix, print_unwritten
@@ -104,8 +104,7 @@ class PredictOptions:
     scales: tuple[float, ...] | None = flag(None, "multi-scale inference, e.g. 0.5,1.0,2.0", flag="n_scales")
     flip: bool = flag(False, "average with the horizontally flipped prediction", flag="do_flip")
     amp: bool = flag(True, "autocast in --amp_dtype (--no_amp: exact fp32, as --amp_dtype fp32)", negate=True)
-    amp_dtype: str = flag("auto", "auto: bf16 on GPUs that support it, else fp16; on the CPU bf16 only where it is "
-                          "native (AVX-512 BF16/AMX), else fp32; fp32: the exact path", choices=list(INFERENCE_DTYPES))
+    amp_dtype: str = flag("auto", AUTO_HELP + "; fp32: the exact path", choices=list(PRECISIONS))
     color: bool = flag(True, "write colourised labels (color/<rel>.png)", negate=True)
     overlay: bool = flag(False, "write colours blended over the photo (overlay/<rel>.jpg)")
     probs: bool = flag(False, "also write per-class probabilities (prob/<rel>.npz or .tif)")
@@ -360,19 +359,19 @@ def check_manifest(opts: PredictOptions, num_classes: int) -> None:
 
 
 def _logits_fn(model: nn.Module, device: torch.device, opts: PredictOptions):
+    from inference.settings import resolve_precision
     from network import predict as network_predict
     from network.tiling import memory_plan
 
-    dtype = inference_dtype(device, opts.amp_dtype, opts.amp)
-    print(f"predict: {str(dtype).replace('torch.', '')} on {device.type}"
-          + (" (autocast)" if dtype != torch.float32 else ""), file=sys.stderr)
+    precision = resolve_precision(opts.amp_dtype if opts.amp else "fp32", device)
+    print(f"predict: {precision.describe()} on {device.type}", file=sys.stderr)
     memory = memory_plan(device, opts.eval_memory_gb)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         if device.type == "cuda":  # the stacked batch, pinned, copies asynchronously
             x = x.pin_memory()
         x = x.to(device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.inference_mode(), precision.autocast():
             return network_predict(model, x, scales=opts.scales, flip=opts.flip, memory=memory)["pred"].float()
 
     return fn

@@ -34,7 +34,7 @@ from datasets.loading import SeededDataset, ShardSampler, mix_seed, seed_all
 from datasets.sampler import ClassUniformSampler
 from network import checkpoint as ckpt_io
 from network.tiling import MemoryPlan
-from utils.amp import Precision, prepare_model, resolve_precision
+from utils.amp import Precision, prepare_model
 from utils.dist import (
     DistInfo,
     any_rank,
@@ -207,6 +207,18 @@ def place_model(cfg: Config, net: nn.Module, info: DistInfo, precision: Precisio
 def channels_last(cfg: Config, device: torch.device) -> bool:
     """channels_last training: the default on CUDA (tensor cores want NHWC), off with --no_channels_last."""
     return device.type == "cuda" and not cfg.train.no_channels_last
+
+
+def training_precision(cfg: Config, device: torch.device) -> Precision:
+    """The training precision: the level (``--amp_opt_level``, O1 with ``--fp16``) in the dtype the one
+    precision rule gives ``--amp_dtype`` on ``device`` (``inference.settings.resolve_precision``)."""
+    from inference.settings import resolve_precision
+
+    level = cfg.amp_level
+    if level == "O0":
+        return Precision(level, device.type, torch.float32)
+    p = resolve_precision(cfg.train.amp_dtype, device)
+    return Precision(level, device.type, p.dtype, p.reason)
 
 
 def eval_memory(cfg: Config, device: torch.device) -> MemoryPlan | None:
@@ -564,7 +576,7 @@ def _run(cfg: Config) -> int:
         _setup_determinism(cfg)
         if info.is_main:
             ckpt_io.remove_stale_temps(cfg.train.result_dir)
-        precision = resolve_precision(cfg.amp_level, info.device, cfg.train.amp_dtype)
+        precision = training_precision(cfg, info.device)
         train_ds, val_ds = build_datasets(cfg, train=cfg.eval.eval is None)
         data = dataset_info(cfg.data.dataset, root=cfg.data.dataset_root, **_source(cfg))
         net = build_model(cfg, val_ds.num_classes, data.in_channels)

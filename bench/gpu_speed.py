@@ -96,7 +96,7 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 def cpu_description() -> str:
     """The CPU's vector capability as torch sees it, and whether it has bf16 in hardware."""
-    from utils.amp import cpu_has_native_bf16
+    from inference.settings import cpu_has_native_bf16
 
     native = "yes" if cpu_has_native_bf16() else "no (bf16 is emulated)"
     return (f"CPU ({platform.processor() or platform.machine()}, torch kernels: "

@@ -33,13 +33,12 @@ def _build(argv: list[str]):
     """train.py's own builders: the Setup and, for the training measurement, the Trainer."""
     import train
     from config import parse_config
-    from utils.amp import resolve_precision
     from utils.dist import DistInfo
     from utils.logger import RunLogger
 
     cfg = parse_config(argv)
     info = DistInfo()
-    precision = resolve_precision(cfg.amp_level, info.device)
+    precision = train.training_precision(cfg, info.device)
     train_ds, val_ds = train.build_datasets(cfg, train=True)
     model, net = train.place_model(cfg, train.build_model(cfg, val_ds.num_classes), info, precision)
     s = train.Setup(cfg, info, precision, model, net, train.dataset_info(cfg.data.dataset), val_ds,

@@ -1,4 +1,5 @@
-"""The apex opt levels mapped onto torch.amp (--amp_dtype: bf16 where supported, fp16 on older GPUs)."""
+"""The apex opt levels mapped onto torch.amp through the one precision rule (inference.settings.resolve_precision:
+auto = bf16 where the device computes it natively, fp16 on older GPUs, else fp32)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,23 @@ import pytest
 import torch
 from torch import nn
 
-import utils.amp
-from utils.amp import inference_dtype, prepare_model, resolve_precision
+import inference.settings
+from config import parse_config
+from inference.settings import resolve_precision as resolve_rule
+from utils.amp import prepare_model
+
+
+def resolve_precision(level: str, device: torch.device, amp_dtype: str = "auto"):
+    """train.py's training precision for ``--amp_opt_level level --amp_dtype amp_dtype``."""
+    from train import training_precision
+
+    return training_precision(parse_config(["--amp_opt_level", level, "--amp_dtype", amp_dtype]), device)
+
+
+@pytest.fixture(autouse=True)
+def _native_cpu_bf16(monkeypatch):
+    """No test depends on this machine's instruction set: the CPU counts as bf16-native unless a test says not."""
+    monkeypatch.setattr(inference.settings, "cpu_has_native_bf16", lambda: True)
 
 
 @pytest.mark.parametrize("level, device, dtype, autocast", [
@@ -59,27 +75,37 @@ def test_o3_keeps_batchnorm_in_fp32_and_runs():
 # ---------------------------------------------------------------- evaluation / predict.py dtype
 
 
-@pytest.mark.parametrize("device, bf16_gpu, native_cpu_bf16, amp_dtype, amp, dtype", [
-    ("cuda", True, False, "auto", True, torch.bfloat16),    # same choice as training's --amp_dtype auto
-    ("cuda", False, False, "auto", True, torch.float16),
-    ("cuda", True, False, "fp16", True, torch.float16),
-    ("cuda", True, False, "fp32", True, torch.float32),     # the exact path, one flag away
-    ("cuda", True, False, "auto", False, torch.float32),    # --no_amp
-    ("cpu", False, False, "auto", True, torch.float32),     # emulated bf16 is slower than fp32 on such CPUs
-    ("cpu", False, True, "auto", True, torch.bfloat16),     # AVX-512 BF16 / AMX
-    ("cpu", False, False, "bf16", True, torch.bfloat16),    # asked for explicitly: any device
-    ("cpu", False, True, "fp32", True, torch.float32),
-    ("cpu", False, True, "bf16", False, torch.float32),
+@pytest.mark.parametrize("device, bf16_gpu, native_cpu_bf16, amp_dtype, dtype", [
+    ("cuda", True, False, "auto", torch.bfloat16),
+    ("cuda", False, False, "auto", torch.float16),
+    ("cuda", True, False, "fp16", torch.float16),
+    ("cuda", True, False, "fp32", torch.float32),     # the exact path, one flag away
+    ("cpu", False, False, "auto", torch.float32),     # emulated bf16 is slower than fp32 on such CPUs
+    ("cpu", False, True, "auto", torch.bfloat16),     # AVX-512 BF16 / AMX
+    ("cpu", False, False, "bf16", torch.bfloat16),    # asked for explicitly: any device
+    ("cpu", False, True, "fp32", torch.float32),
+    ("mps", False, True, "auto", torch.float32),
 ])
-def test_inference_dtype_choice(device, bf16_gpu, native_cpu_bf16, amp_dtype, amp, dtype, monkeypatch):
+def test_one_precision_rule(device, bf16_gpu, native_cpu_bf16, amp_dtype, dtype, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_a, **_k: bf16_gpu)  # no GPU needed
-    monkeypatch.setattr(utils.amp, "cpu_has_native_bf16", lambda: native_cpu_bf16)
-    assert inference_dtype(torch.device(device), amp_dtype, amp) == dtype
+    monkeypatch.setattr(inference.settings, "cpu_has_native_bf16", lambda: native_cpu_bf16)
+    p = resolve_rule(amp_dtype, torch.device(device))
+    assert p.dtype == dtype and p.reason
 
 
-def test_inference_dtype_rejects_unknown_names():
+def test_training_and_inference_share_the_rule(monkeypatch):
+    """half_dtype (training) gave bf16 on every CPU while inference_dtype gave fp32 on CPUs without
+    native bf16: one checkpoint, two precisions. Now one rule answers both."""
+    monkeypatch.setattr(inference.settings, "cpu_has_native_bf16", lambda: False)
+    cpu = torch.device("cpu")
+    assert resolve_precision("O1", cpu).dtype == resolve_rule("auto", cpu).dtype == torch.float32
+    assert not resolve_precision("O1", cpu).autocast_enabled and resolve_precision("O1", cpu).make_scaler() is None
+    assert "no native bf16" in resolve_precision("O1", cpu).describe()
+
+
+def test_precision_rejects_unknown_names():
     with pytest.raises(ValueError, match="--amp_dtype"):
-        inference_dtype(torch.device("cpu"), "fp8")
+        resolve_rule("fp8", torch.device("cpu"))
 
 
 class _DtypeSpy(nn.Module):
