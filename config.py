@@ -30,6 +30,14 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 EVAL_MODES = ("val", "trn", "test", "folder")
 DEVICES = ("auto", "cpu", "cuda")
 MONITOR_METRICS = ("miou", "pixel_acc", "mean_class_acc", "fwiou")  # higher is better
+# network's registered architectures (network.list_models(); tests/test_config.py keeps the two equal):
+# here without importing torch, so an unknown --arch is refused where it is parsed (python -m sbatch:
+# at submission, not after the queue wait)
+ARCHS = ("ocrnet.HRNet", "ocrnet.HRNet_Mscale", "ocrnet.HRNet_Mscale_w18", "ocrnet.HRNet_Mscale_w18s",
+         "ocrnet.HRNet_w18", "ocrnet.HRNet_w18s")
+# families of names resolved when the model is built (network.list_families(); the timm model name
+# itself is checked then, with close matches): prefix -> documented pattern
+ARCH_FAMILIES = {"ocrnet.timm.": "ocrnet.timm.<timm_name>[_fuse<P>][_Mscale]"}
 
 
 T = TypeVar("T")
@@ -59,9 +67,38 @@ def flag(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any
 _f = flag  # the short name the config sections use
 
 
+def known_arch(name: str) -> str | None:
+    """``check=`` for ``--arch``: a registered architecture (:data:`ARCHS`) or a name of a family
+    (:data:`ARCH_FAMILIES`: its prefix and a non-empty rest)."""
+    if name in ARCHS or any(name.startswith(p) and len(name) > len(p) for p in ARCH_FAMILIES):
+        return None
+    close = difflib.get_close_matches(name, ARCHS, n=2, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"unknown architecture {name!r}: {hint}known: {', '.join((*ARCHS, *ARCH_FAMILIES.values()))}"
+
+
+def positive(value: Any) -> str | None:
+    """``check=`` for numbers (or each of a tuple's) that must be > 0."""
+    values = value if isinstance(value, tuple) else (value,)
+    return None if all(v > 0 for v in values) else f"must be > 0, got {_shown(value)}"
+
+
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value}"
+
+
+def fraction(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else f"must be in [0, 1], got {value}"
+
+
+def rgb_triple(value: tuple[float, ...]) -> str | None:
+    """``check=`` for photo mean/std: three numbers (RGB, 0..1 scale)."""
+    return None if len(value) == 3 else f"needs three numbers (RGB, 0..1 scale), got {len(value)}: {_shown(value)}"
+
+
 @dataclass
 class ModelConfig:
-    arch: str = _f("ocrnet.HRNet_Mscale", "architecture, by its reference name")
+    arch: str = _f("ocrnet.HRNet_Mscale", "architecture, by its reference name", check=known_arch)
     trunk: str = _f("hrnetv2", "recorded only: the trunk is fixed by --arch")
     trunk_weights: str | None = _f(None, "ImageNet trunk weights (local file)")
     snapshot: str | None = _f(None, "weights to start from (may contain ASSETS_PATH)")
@@ -158,7 +195,8 @@ class EvalConfig:
     eval: str | None = _f(None, "val, trn, test (Cityscapes test split) or folder: evaluate only",
                           choices=EVAL_MODES)
     eval_folder: str | None = _f(None, "image folder for --eval folder")
-    n_scales: tuple[float, ...] | None = _f(None, "inference scales, e.g. 0.5,1.0,2.0")
+    n_scales: tuple[float, ...] | None = _f(None, inference_defaults.SCALES_HELP + " (e.g. 0.5,1.0,2.0)",
+                                            check=inference_defaults.scales_problem)
     do_flip: bool = _f(False, "average with horizontally flipped inference")
     dump_assets: bool = _f(False, "also write attention maps per scale")
     dump_all_images: bool = _f(False, "write pictures for every image, not a few")
@@ -365,7 +403,8 @@ def _check(ok: bool, flag: str, must: str, value: Any) -> None:
 
 
 def _validate_model_data(m: ModelConfig, d: DataConfig) -> None:
-    _check(bool(m.arch.strip()), "arch", "a registered model name", m.arch)
+    if known_arch(m.arch):
+        raise ConfigError(f"--arch: {known_arch(m.arch)}")
     _check(0 < m.mscale_lo_scale < 1, "mscale_lo_scale", "in (0, 1)", m.mscale_lo_scale)
     _check(all(c > 0 for c in d.crop_size), "crop_size", "positive (S or H,W)", d.crop_size)
     _check(d.pre_size is None or d.pre_size > 0, "pre_size", "positive", d.pre_size)
@@ -410,7 +449,9 @@ def _validate_train_eval(t: TrainConfig, e: EvalConfig, d: DataConfig) -> None:
            f"a multiple of --bs_trn ({d.bs_trn})", g)
     _check(e.eval != "folder" or bool(e.eval_folder), "eval_folder",
            "set with --eval folder", e.eval_folder)
-    _check(e.n_scales is None or all(s > 0 for s in e.n_scales), "n_scales", "positive", e.n_scales)
+    problem = inference_defaults.scales_problem(e.n_scales) if e.n_scales is not None else None
+    if problem:  # also the scales --multi_scale_inference makes of --default_scale and --extra_scales
+        raise ConfigError(f"--n_scales {','.join(f'{v:g}' for v in e.n_scales or ())}: {problem}")
     _check(e.eval_memory_gb is None or e.eval_memory_gb > 0, "eval_memory_gb", "> 0", e.eval_memory_gb)
     _check(e.dump_num_images >= 0, "dump_num_images", ">= 0", e.dump_num_images)
     _check(e.infer_short_side is None or e.infer_short_side > 0, "infer_short_side", "> 0",

@@ -54,7 +54,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from config import add_arguments, flag, from_namespace
+from config import (
+    CliParser,
+    add_arguments,
+    flag,
+    fraction,
+    from_namespace,
+    known_arch,
+    non_negative,
+    positive,
+    rgb_triple,
+)
 from datasets.folder import (
     DEFAULT_MAX_PIXELS,
     RASTER_EXTENSIONS,
@@ -63,11 +73,12 @@ from datasets.folder import (
     default_palette,
     discover_images,
     output_stems,
+    parse_subdirs,
     shard,
 )
 from datasets.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, info_for_checkpoint
 from datasets.raster import GeoError
-from inference.defaults import AUTO_HELP, PRECISIONS
+from inference.defaults import AUTO_HELP, PRECISIONS, SCALES_HELP, scales_problem
 from sbatch import slurmenv
 from utils.dist import pick_device
 from utils.errors import UserError, is_disk_full, run_cli
@@ -97,11 +108,13 @@ class PredictOptions:
     result_dir: str = flag(help="output folder (runx passes LOGDIR)")
     subdirs: str | None = flag(None, "top-level subdirectories to include, e.g. 939-986 or 12,15-20,misc")
     shard: str | None = flag(None, "INDEX/COUNT (0-based); none: from the Slurm array and torch.distributed ranks")
-    infer_short_side: int | None = flag(None, "resize the shorter side to this before the model")
-    size_divisor: int = flag(32, "inference sizes rounded to a multiple of this (HRNet needs /32)")
-    batch_size: int = flag(4, "images (or raster tiles) per forward pass", aliases=("--bs_val",))
-    workers: int = flag(DEFAULT_WORKERS, "DataLoader processes decoding images", aliases=("--num_workers",))
-    scales: tuple[float, ...] | None = flag(None, "multi-scale inference, e.g. 0.5,1.0,2.0", flag="n_scales")
+    infer_short_side: int | None = flag(None, "resize the shorter side to this before the model", check=positive)
+    size_divisor: int = flag(32, "inference sizes rounded to a multiple of this (HRNet needs /32)", check=positive)
+    batch_size: int = flag(4, "images (or raster tiles) per forward pass", aliases=("--bs_val",), check=positive)
+    workers: int = flag(DEFAULT_WORKERS, "DataLoader processes decoding images", aliases=("--num_workers",),
+                        check=non_negative)
+    scales: tuple[float, ...] | None = flag(None, SCALES_HELP + " (e.g. 0.5,1.0,2.0)", flag="n_scales",
+                                            check=scales_problem)
     flip: bool = flag(False, "average with the horizontally flipped prediction", flag="do_flip")
     amp: bool = flag(True, "autocast in --amp_dtype (--no_amp: exact fp32, as --amp_dtype fp32)", negate=True)
     amp_dtype: str = flag("auto", AUTO_HELP + "; fp32: the exact path", choices=list(PRECISIONS))
@@ -111,23 +124,28 @@ class PredictOptions:
     geotiff: bool = flag(True, "read .tif/.tiff with rasterio and write GeoTIFF (off: ordinary images)", negate=True)
     bands: tuple[int, ...] | None = flag(None, "zero-based raster bands, e.g. 0,1,2; none: the first three")
     band_mean: tuple[float, ...] | None = flag(None, "per-band mean in the raster's units; none: ImageNet's")
-    band_std: tuple[float, ...] | None = flag(None, "per-band standard deviation in the raster's units")
+    band_std: tuple[float, ...] | None = flag(None, "per-band standard deviation in the raster's units", check=positive)
     image_mean: tuple[float, ...] | None = flag(None, "photo normalisation, RGB on a 0..1 scale; none: the "
-                                                "checkpoint's (its dataset.yaml's), ImageNet's without one")
+                                                "checkpoint's (its dataset.yaml's), ImageNet's without one",
+                                                check=rgb_triple)
     image_std: tuple[float, ...] | None = flag(None, "photo standard deviation, RGB on a 0..1 scale; none: "
-                                               "the checkpoint's, ImageNet's without one")
-    tile: int = flag(1024, "raster window size in pixels")
-    overlap: int = flag(128, "overlap between raster windows in pixels (blended)")
-    max_pixels: int = flag(DEFAULT_MAX_PIXELS, "images larger than this many pixels are reported as failed")
-    max_fail_ratio: float = flag(0.01, "exit 3 when more than this share of the shard's images failed")
+                                               "the checkpoint's, ImageNet's without one",
+                                               check=lambda v: rgb_triple(v) or positive(v))
+    tile: int = flag(1024, "raster window size in pixels", check=positive)
+    overlap: int = flag(128, "overlap between raster windows in pixels (blended)", check=non_negative)
+    max_pixels: int = flag(DEFAULT_MAX_PIXELS, "images larger than this many pixels are reported as failed",
+                           check=positive)
+    max_fail_ratio: float = flag(0.01, "exit 3 when more than this share of the shard's images failed",
+                                 check=fraction)
     overwrite: bool = flag(False, "recompute everything instead of resuming")
     claim_timeout: float = flag(6 * 3600.0, "seconds after which a claim held by a process on another host "
-                                "counts as abandoned")
+                                "counts as abandoned", check=positive)
     progress: bool = flag(True, "show a progress bar", negate=True)
     eval_memory_gb: float | None = flag(None, "memory budget in GB: scales that do not fit run in overlapping "
-                                        "windows (none: free GPU memory; unlimited on the CPU)")
+                                        "windows (none: free GPU memory; unlimited on the CPU)", check=positive)
     compile: bool = flag(False, "torch.compile the model (eager, with one line, if it cannot compile)")
-    arch: str | None = flag(None, "registered model name, e.g. ocrnet.HRNet_Mscale (required unless --list_missing)")
+    arch: str | None = flag(None, "registered model name, e.g. ocrnet.HRNet_Mscale (required unless --list_missing)",
+                            check=known_arch)
     snapshot: str | None = flag(None, "checkpoint (project or reference .pth); omit for random weights")
 
 
@@ -659,8 +677,7 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
         raise PredictError("the model has no `num_classes` attribute: pass `palette` for its classes")
     palette = default_palette(num_classes) if palette is None else np.asarray(palette, np.uint8)
     class_names = class_names or default_class_names(num_classes)
-    if opts.tile <= opts.overlap or opts.batch_size < 1:
-        raise PredictError(f"need --tile ({opts.tile}) > --overlap ({opts.overlap}) and --batch_size >= 1")
+    check_options(opts)
     shard_ = shard_ or resolve_shard(opts.shard)
     if opts.arch is None:
         opts = replace(opts, arch=getattr(model, "arch", type(model).__name__))
@@ -729,8 +746,8 @@ def _final_report(report: PartReport, summary: Summary) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags generated from :class:`PredictOptions` and :class:`ModelChoice` (config.py's machinery)."""
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0], allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CliParser(prog="predict.py", description=(__doc__ or "").split("\n")[0], allow_abbrev=False,
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(p.add_argument_group("outputs"), PredictOptions)
     add_arguments(p.add_argument_group("model"), ModelChoice)
     return p
@@ -757,6 +774,25 @@ def load_model(arch: str, snapshot: str | None, *, dataset: str | None = None, n
     if ckpt is None:
         print("predict: no --snapshot: the model has random weights (demo/benchmark only)", file=sys.stderr)
     return model, info
+
+
+def check_options(opts: PredictOptions) -> None:
+    """What the flags refuse together (each flag alone is checked while parsing); before any model or
+    file is touched, and by ``python -m sbatch`` at submission."""
+    if opts.tile <= opts.overlap:
+        raise PredictError(f"--tile {opts.tile} must be larger than --overlap {opts.overlap}")
+    if opts.band_mean and opts.band_std and len(opts.band_mean) != len(opts.band_std):
+        raise PredictError(f"--band_mean has {len(opts.band_mean)} values, --band_std {len(opts.band_std)}: "
+                           "give one per band")
+    for name in ("band_mean", "band_std"):
+        values = getattr(opts, name)
+        if values and opts.bands and len(values) != len(opts.bands):
+            raise PredictError(f"--{name} has {len(values)} values for {len(opts.bands)} --bands: give one per band")
+    if opts.bands and min(opts.bands) < 0:
+        raise PredictError(f"--bands {','.join(map(str, opts.bands))}: band numbers start at 0")
+    if opts.shard and opts.shard != "auto":
+        _parse_shard(opts.shard)
+    parse_subdirs(opts.subdirs)
 
 
 def photo_stats(opts: PredictOptions) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -822,7 +858,7 @@ def _main(argv: Sequence[str]) -> int:
             return list_missing(opts)
         if not args.arch:
             raise PredictError("--arch is required (only --list_missing runs without a model)")
-        photo_stats(opts)  # a bad --image_mean/--image_std is named before the model is built
+        check_options(opts)  # bad flag combinations are named before the model is built
         device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
         model, info = load_model(args.arch, args.snapshot, dataset=args.dataset, num_classes=args.num_classes)
         opts = with_data_defaults(opts, info)

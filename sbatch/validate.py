@@ -11,7 +11,6 @@ import argparse
 import functools
 import os
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 from .expand import ExperimentError, Run
 
@@ -36,19 +35,19 @@ def _check_train(args: Sequence[str]) -> None:
 @functools.cache
 def _predict_parser() -> argparse.ArgumentParser:
     import predict
-    from config import ConfigError
 
-    parser = predict.build_parser()
-
-    def error(message: str) -> NoReturn:  # argparse would print usage and sys.exit(2)
-        raise ConfigError(message)
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser
+    return predict.build_parser()  # its errors are config.ConfigError, like train.py's
 
 
 def _check_predict(args: Sequence[str]) -> None:
-    _predict_parser().parse_args(list(args))  # built once, as train.py's: most of the cost
+    import predict
+    from config import ConfigError
+
+    opts = predict.options_from_args(_predict_parser().parse_args(list(args)))  # built once: most of the cost
+    try:
+        predict.check_options(opts)
+    except predict.PredictError as e:
+        raise ConfigError(str(e)) from e
 
 
 CHECKERS: dict[str, Callable[[Sequence[str]], None]] = {"train.py": _check_train, "predict.py": _check_predict}

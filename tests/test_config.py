@@ -79,6 +79,38 @@ def test_train_cli_exits_2_on_bad_flag(capsys):
     assert "did you mean --max_epoch" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("prog", ["train.py", "predict.py"])
+def test_scales_without_one_are_one_line_exit_2_before_any_work(prog, tmp_path):
+    """--n_scales 0.5,2.0 was accepted, then the model raised ValueError: a traceback, exit 1."""
+    import subprocess
+    import sys
+
+    from tests.test_train_helpers import REPO
+
+    args = ["--arch", "ocrnet.HRNet_Mscale_w18s", "--n_scales", "0.5,2.0", "--result_dir", str(tmp_path / "out")]
+    args += ["--eval_folder", str(tmp_path)] if prog == "predict.py" else ["--eval", "val"]
+    done = subprocess.run([sys.executable, str(REPO / prog), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert lines == [f"{prog}: error: argument --n_scales: the scales must include 1.0 (the scale the others are "
+                     "combined into), got 0.5,2; e.g. 0.5,1,2"], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_known_architectures_are_the_registry_and_a_typo_is_refused_while_parsing():
+    import network
+    from config import ARCH_FAMILIES, ARCHS
+
+    assert sorted(ARCHS) == sorted(network.list_models())
+    assert sorted(ARCH_FAMILIES.values()) == network.list_families()
+    with pytest.raises(ConfigError, match="did you mean ocrnet.HRNet_Mscale"):
+        parse_config(["--arch", "ocrnet.HRNet_MScale"])
+    assert parse_config(["--arch", "ocrnet.timm.resnet18_Mscale"]).model.arch == "ocrnet.timm.resnet18_Mscale"
+    with pytest.raises(ConfigError, match="ocrnet.timm.<timm_name>"):
+        parse_config(["--arch", "ocrnet.timm."])
+
+
 def test_assets_path_expansion(monkeypatch, tmp_path):
     monkeypatch.setenv("ASSETS_PATH", str(tmp_path))
     assert expand_assets("ASSETS_PATH/seg_weights/a.pth") == f"{tmp_path}/seg_weights/a.pth"

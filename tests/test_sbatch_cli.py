@@ -232,3 +232,25 @@ def test_interactive_reports_failed_succeeded_and_not_run(project):
     assert "[sbatch] 1 failed, 0 succeeded, 3 not run" in done.stderr, done.stderr
     kept = sbatch_cli(project, "exp.yml", "-i", "--keep-going", "lr=0.1,0.2,0.3,0.4", "--tag", "k")
     assert kept.returncode == 1 and "[sbatch] 1 failed, 3 succeeded, 0 not run" in kept.stderr, kept.stderr
+
+
+@pytest.mark.parametrize("program, hparams, needle", [
+    ("train.py", {"n_scales": "0.5,2.0"}, "argument --n_scales: the scales must include 1.0"),
+    ("train.py", {"multi_scale_inference": True, "default_scale": 2.0, "extra_scales": "0.5"},
+     "--n_scales 0.5,2: the scales must include 1.0"),
+    ("train.py", {"n_scales": "0.5,1.0,1.0"}, "distinct"),
+    ("predict.py", {"n_scales": "0.5,2.0"}, "argument --n_scales: the scales must include 1.0"),
+    ("predict.py", {"tile": 128, "overlap": 128}, "--tile 128 must be larger than --overlap 128"),
+    ("predict.py", {"infer_short_side": 0}, "argument --infer_short_side: must be > 0"),
+    ("predict.py", {"image_std": "0.2,0,0.2"}, "argument --image_std: must be > 0"),
+    ("predict.py", {"shard": "4/4"}, "--shard '4/4'"),
+])
+def test_values_the_model_would_refuse_are_refused_at_submission(program, hparams, needle):
+    """--n_scales without 1.0 passed the submission check; the job waited in the queue, then died
+    with a traceback (exit 1) when the model refused the scales."""
+    base = {"arch": "ocrnet.HRNet_w18s", "result_dir": "x"}
+    if program == "predict.py":
+        base["eval_folder"] = "y"
+    with pytest.raises(FlagError) as e:
+        check_runs(runs_of({"CMD": f"python {program}", "HPARAMS": {**base, **hparams}}))
+    assert needle in str(e.value).splitlines()[0], str(e.value)

@@ -169,7 +169,7 @@ def jobs(slurm_cluster, synthetic_root, tmp_path_factory):
         """), env=env)
     out["fail"] = submit(cfg, yml(tmp / "fail.yml", f"""\
         CMD: "{TINY}"
-        HPARAMS: {{arch: no.such_model, result_dir: LOGDIR}}
+        HPARAMS: {{dataset: cityscapes, dataset_root: /nonexistent/cityscapes, result_dir: LOGDIR}}
         """), env=env)
     dump = tmp / "dump_args.py"
     dump.write_text("import json, sys\njson.dump(sys.argv[1:], open(sys.argv[-1], 'w'))\n")
