@@ -407,7 +407,8 @@ def validate(s: Setup, st: State, epoch: int, t: Trainer | None = None) -> dict[
     cfg, info, ds = s.cfg, s.info, s.val_ds
     rd = Path(cfg.train.result_dir)
     tmp = rd / (".val_images" if cfg.eval.eval is None else "best_images")
-    dumper = eval_dumps(cfg.eval, rd, tmp, ds, info.is_main, info.rank)  # every rank: its own share
+    dumper = eval_dumps(cfg.eval, rd, tmp, ds, info.is_main, info.rank,  # every rank: its own share
+                        (s.data.mean, s.data.std))
     t0 = time.time()
     metrics = evaluate(s.net, s.val_loader, ds.num_classes, s.precision, info.device,
                        cfg.eval.n_scales, cfg.eval.do_flip, dumper, info.is_main, ds.ignore_index,

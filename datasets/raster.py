@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datasets.info import IMAGENET_MEAN, IMAGENET_STD
 from utils.errors import UserError
 from utils.io import atomic_path
 
-IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
-IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+IMAGENET_MEAN_255 = tuple(round(255.0 * v, 6) for v in IMAGENET_MEAN)  # (123.675, 116.28, 103.53)
+IMAGENET_STD_255 = tuple(round(255.0 * v, 6) for v in IMAGENET_STD)  # (58.395, 57.12, 57.375)
 LABEL_NODATA = 255
 
 # (N, 3, h, w) normalised float tiles -> (N, K, h, w) float32 logits on the CPU

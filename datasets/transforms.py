@@ -25,8 +25,10 @@ import cv2
 import numpy as np
 import torch
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
+from datasets.info import IMAGENET_MEAN, IMAGENET_STD
+
+MEAN = np.array(IMAGENET_MEAN, np.float32)  # the one definition is datasets.info's
+STD = np.array(IMAGENET_STD, np.float32)
 
 
 def _uniform(lo: float, hi: float) -> float:

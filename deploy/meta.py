@@ -19,11 +19,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from datasets.info import IMAGENET_MEAN, IMAGENET_STD
 from utils.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SIZE_DIVISOR = 32  # HRNet's lowest branch is 1/32 of the input; predict.py rounds to it too
 CLASSIFIER_KEY = "ocr.cls_head.weight"
 
 

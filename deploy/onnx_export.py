@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from deploy.meta import SIZE_DIVISOR, DeployError, ModelInfo
+from deploy.meta import DeployError, ModelInfo
+from inference.defaults import SIZE_DIVISOR
 
 DEFAULT_OPSET = 17
 INPUT, OUTPUT = "image", "logits"

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploy.meta import SIZE_DIVISOR, DeployError, ModelInfo
+from deploy.meta import DeployError, ModelInfo
 from deploy.onnx_export import INPUT, OUTPUT, folder_images, read_metadata, session
+from inference.defaults import SIZE_DIVISOR
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

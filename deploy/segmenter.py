@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from deploy.meta import SIZE_DIVISOR, ModelInfo, load_model, parse_scales
+from deploy.meta import ModelInfo, load_model, parse_scales
+from inference.defaults import SIZE_DIVISOR
 
 
 @dataclass

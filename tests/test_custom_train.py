@@ -134,3 +134,20 @@ def test_bad_dataset_yaml_is_a_one_line_error(tmp_path, capsys):
     assert cli(args(tmp_path, tmp_path / "run", "--max_iter", "1")) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "'classes[0].color'" in err
+
+
+def test_pictures_undo_the_datasets_own_normalisation(tmp_path):
+    """A dataset with its own mean/std (dataset.yaml) was de-normalised with ImageNet's for the saved
+    pictures: the input pictures came out in wrong colours."""
+    import cv2
+
+    root = write_folder_dataset(tmp_path / "own", num_train=2, num_val=1)
+    with open(root / "dataset.yaml", "a") as f:
+        f.write("mean: [0.3, 0.5, 0.7]\nstd: [0.1, 0.2, 0.4]\n")
+    rd = tmp_path / "run"
+    with pytest.warns(UserWarning, match="random weights"):
+        assert cli(args(root, rd, "--eval", "val", "--amp_opt_level", "O0")) == 0
+    saved = cv2.imread(str(next((rd / "best_images").glob("*_input.png"))))
+    original = cv2.imread(str(root / "images" / "val" / "val_000.jpg"))
+    assert saved.shape == original.shape
+    assert np.abs(saved.astype(int) - original.astype(int)).max() <= 1

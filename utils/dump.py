@@ -17,12 +17,12 @@ from utils.figures import attention_figure, labelled_panel, write_png
 from utils.io import atomic_imwrite
 from utils.vis import colorize, overlay
 
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+Stats = tuple[Sequence[float], Sequence[float]]  # (mean, std) the images were normalised with
 
 
-def denormalize(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) ImageNet-normalised float tensor -> (H, W, 3) uint8 RGB.
+def denormalize(image: torch.Tensor, stats: Stats | None = None) -> np.ndarray:
+    """(3, H, W) normalised float tensor -> (H, W, 3) uint8 RGB, undoing ``stats`` (the run's mean/std,
+    RGB on a 0..1 scale; None: ImageNet's).
 
     N-band rasters (standardised per band): bands 0-2 (or band 0 in grey), -2.5..2.5 std -> 0..255.
     """
@@ -30,7 +30,11 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     if x.shape[2] != 3:
         x = x[..., :3] if x.shape[2] >= 3 else np.repeat(x[..., :1], 3, axis=2)
         return np.clip((x + 2.5) * (255.0 / 5.0) + 0.5, 0, 255).astype(np.uint8)
-    x = x * STD + MEAN
+    if stats is None:
+        from datasets.info import IMAGENET_MEAN, IMAGENET_STD
+
+        stats = (IMAGENET_MEAN, IMAGENET_STD)
+    x = x * np.asarray(stats[1], np.float32) + np.asarray(stats[0], np.float32)
     return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -42,8 +46,10 @@ class ImageDumper:
     """Writes pictures for the first ``limit`` images (``None``: all) under ``out_dir``."""
 
     def __init__(self, out_dir: str | Path, palette: np.ndarray, limit: int | None,
-                 attention: bool, ignore_index: int = 255, class_names: Sequence[str] | None = None):
+                 attention: bool, ignore_index: int = 255, class_names: Sequence[str] | None = None,
+                 stats: Stats | None = None):
         self.out_dir = Path(out_dir)
+        self.stats = stats
         self.palette = np.asarray(palette, dtype=np.uint8)
         self.class_names = list(class_names or [f"class_{i}" for i in range(len(self.palette))])
         self.limit = limit
@@ -65,7 +71,7 @@ class ImageDumper:
 
     def _dump_one(self, name: str, image: torch.Tensor, masks: Any, i: int,
                   outputs: dict[str, torch.Tensor], pred: torch.Tensor) -> None:
-        rgb = denormalize(image)
+        rgb = denormalize(image, self.stats)
         labels = pred.cpu().numpy()
         color = colorize(labels, self.palette, self.ignore_index)
         _write_rgb(self.out_dir / f"{name}_input.png", rgb)
@@ -141,8 +147,8 @@ class WorstImages:
     are the worst over all ranks: each rank draws its own of them, rank 0 writes the list."""
 
     def __init__(self, out_dir: str | Path, n: int, palette: np.ndarray, class_names: Sequence[str],
-                 ignore_index: int = 255, rank: int = 0):
-        self.out_dir, self.n, self.rank = Path(out_dir), n, rank
+                 ignore_index: int = 255, rank: int = 0, stats: Stats | None = None):
+        self.out_dir, self.n, self.rank, self.stats = Path(out_dir), n, rank, stats
         self.palette = np.asarray(palette, dtype=np.uint8)
         self.class_names = list(class_names)
         self.ignore_index = ignore_index
@@ -158,7 +164,8 @@ class WorstImages:
             gt, p = batch["mask"][i].cpu().numpy(), pred[i].cpu().numpy()
             score = image_miou(gt, p, len(self.palette), self.ignore_index)
             if score == score and (len(self.kept) < self.n or score < self.kept[-1][0]):  # else cut at once
-                self.kept.append((score, Path(str(batch["name"][i])).stem, denormalize(batch["image"][i]),
+                rgb = denormalize(batch["image"][i], self.stats)
+                self.kept.append((score, Path(str(batch["name"][i])).stem, rgb,
                                   gt.astype(np.uint8), p.astype(np.uint8)))
                 self.kept = sorted(self.kept, key=lambda t: t[0])[: self.n]
 
@@ -212,15 +219,17 @@ class Dumps:
         return next((p.panels for p in self.parts if isinstance(p, ImageDumper)), [])
 
 
-def eval_dumps(e: Any, result_dir: str | Path, pictures_dir: Path, ds: Any, is_main: bool, rank: int) -> Dumps:
-    """The writers an evaluation pass feeds, from the eval settings ``e`` (config's EvalConfig)."""
+def eval_dumps(e: Any, result_dir: str | Path, pictures_dir: Path, ds: Any, is_main: bool, rank: int,
+               stats: Stats | None = None) -> Dumps:
+    """The writers an evaluation pass feeds, from the eval settings ``e`` (config's EvalConfig);
+    ``stats``: the mean/std the images were normalised with (the pictures undo them)."""
     rd = Path(result_dir)
     every = e.dump_all_images  # with --dump_all_images each rank draws its own images
     limit = None if every else e.dump_num_images
     parts: list[Any] = []
     if is_main or every:
         parts.append(ImageDumper(pictures_dir, ds.palette, limit, e.dump_assets, ds.ignore_index,
-                                 class_names=ds.class_names))
+                                 class_names=ds.class_names, stats=stats))
     if e.dump_for_submission:
         from datasets.cityscapes_labels import TRAIN_LABELS
 
@@ -230,5 +239,6 @@ def eval_dumps(e: Any, result_dir: str | Path, pictures_dir: Path, ds: Any, is_m
     if e.dump_for_auto_labelling:
         parts.append(LabelWriter(rd / "auto_labels", confidence=True))
     if e.dump_topn:
-        parts.append(WorstImages(rd / "worst_images", e.dump_topn, ds.palette, ds.class_names, ds.ignore_index, rank))
+        parts.append(WorstImages(rd / "worst_images", e.dump_topn, ds.palette, ds.class_names, ds.ignore_index, rank,
+                                 stats))
     return Dumps(parts)
