@@ -32,8 +32,8 @@ from config import Config, ConfigError, check_resume, expand_assets, parse_confi
 from datasets.info import DatasetInfo, dataset_info
 from datasets.loading import SeededDataset, ShardSampler, mix_seed, seed_all
 from datasets.sampler import ClassUniformSampler
+from inference.settings import InferenceSettings
 from network import checkpoint as ckpt_io
-from network.tiling import MemoryPlan
 from utils.amp import Precision, prepare_model
 from utils.dist import (
     DistInfo,
@@ -88,6 +88,8 @@ class Setup:
     val_ds: Any  # a datasets.base.SegmentationDataset
     val_loader: DataLoader
     logger: RunLogger
+    inference: InferenceSettings  # resolved: what validation and --eval compute with (metrics.json)
+    weights: Weights  # where the weights came from
 
 
 @dataclass(frozen=True)
@@ -221,14 +223,30 @@ def training_precision(cfg: Config, device: torch.device) -> Precision:
     return Precision(level, device.type, p.dtype, p.reason)
 
 
-def eval_memory(cfg: Config, device: torch.device) -> MemoryPlan | None:
-    """The evaluation memory budget: --eval_memory_gb, else the free GPU memory; None: unlimited."""
-    from network.tiling import memory_plan
+@dataclass(frozen=True)
+class Weights:
+    """Where the model's weights came from; an evaluation records it in metrics.json (``checkpoint``)."""
 
-    return memory_plan(device, cfg.eval.eval_memory_gb)
+    path: str | None = None  # None: the initial (random or ImageNet-trunk) weights
+    resume: dict[str, Any] | None = None  # a training checkpoint to continue from
+    validated: tuple[float, ...] | None = None  # the scales the checkpoint's run validated with
+    epoch: int | None = None
+    iteration: int | None = None
+
+    @classmethod
+    def of(cls, path: str, ckpt: dict[str, Any], net: nn.Module, resume: bool = False) -> Weights:
+        from inference.settings import is_multiscale, validated_scales
+
+        epoch, it = ckpt.get("epoch"), ckpt.get("iteration")
+        return cls(str(Path(path).resolve()), ckpt if resume else None, validated_scales(ckpt, is_multiscale(net)),
+                   None if epoch is None else int(epoch), None if it is None else int(it))
+
+    def record(self) -> dict[str, Any]:
+        return {"path": self.path or "none: initial weights (no --snapshot)", "epoch": self.epoch,
+                "iteration": self.iteration}
 
 
-def load_weights(cfg: Config, net: nn.Module, info: DistInfo) -> dict[str, Any] | None:
+def load_weights(cfg: Config, net: nn.Module, info: DistInfo) -> Weights:
     """Resume (explicit --resume, else result_dir/last.pth) or --snapshot (weights only)."""
     from network import CheckpointError, load_checkpoint
     from network.checkpoint import read_checkpoint
@@ -244,7 +262,7 @@ def load_weights(cfg: Config, net: nn.Module, info: DistInfo) -> dict[str, Any] 
         for note in check_resume(ckpt.get("config"), cfg, resume):
             _say(info, f"note: {note}")
         load_checkpoint(net, ckpt, strict=True)
-        return ckpt
+        return Weights.of(resume, ckpt, net, resume=True)
     path = expand_assets(cfg.model.snapshot, cfg.model.assets_path)
     if path is None and cfg.eval.eval is not None:
         for name in (ckpt_io.BEST, ckpt_io.LAST):
@@ -252,14 +270,14 @@ def load_weights(cfg: Config, net: nn.Module, info: DistInfo) -> dict[str, Any] 
                 path = str(Path(cfg.train.result_dir) / name)
                 break
     if path:
-        _load_snapshot(cfg, net, info, path)
-    elif cfg.eval.eval is not None:
+        return Weights.of(path, _load_snapshot(cfg, net, info, path), net)
+    if cfg.eval.eval is not None:
         warnings.warn("evaluating a model with random weights: no --snapshot, --resume or checkpoint "
                       "in --result_dir", stacklevel=2)
-    return None
+    return Weights()
 
 
-def _load_snapshot(cfg: Config, net: nn.Module, info: DistInfo, path: str) -> None:
+def _load_snapshot(cfg: Config, net: nn.Module, info: DistInfo, path: str) -> dict[str, Any]:
     """All of the model from ``path``, or with --snapshot_partial (training) what fits; says how much."""
     from network import CheckpointError, load_checkpoint
     from network.checkpoint import loaded_fraction
@@ -271,6 +289,24 @@ def _load_snapshot(cfg: Config, net: nn.Module, info: DistInfo, path: str) -> No
         raise CheckpointError(f"--snapshot {path}: no tensor fits {cfg.model.arch} (--arch); pass the checkpoint "
                               f"of a model of this architecture")
     _say(info, f"loaded weights from {path}: {fit} of {total} tensors, {100 * share:.2f}% of the weights")
+    return {k: v for k, v in ckpt.items() if k in ("epoch", "iteration", "inference", "config")}
+
+
+def inference_settings(cfg: Config, net: nn.Module, data: DatasetInfo, device: torch.device,
+                       weights: Weights) -> InferenceSettings:
+    """The one inference configuration of this run (validation and ``--eval``): ``--n_scales``, else
+    (``--eval``) the scales the checkpoint was validated with, else the documented default; precision
+    from ``--amp_opt_level``/``--amp_dtype`` (``auto`` unless given); the dataset's normalisation."""
+    from inference.defaults import requested_precision
+    from inference.settings import build_settings, is_multiscale
+
+    e = cfg.eval
+    precision, half_model = requested_precision(cfg.train.amp_dtype, cfg.train.amp_opt_level)
+    settings = build_settings(multiscale=is_multiscale(net), scales=e.n_scales,
+                              validated=weights.validated if e.eval else None, lo_scale=cfg.model.mscale_lo_scale,
+                              flip=e.do_flip, precision=precision, half_model=half_model, mean=data.mean,
+                              std=data.std, size_divisor=1, memory_gb=e.eval_memory_gb)
+    return settings.resolve(device)
 
 
 # ----------------------------------------------------------------------------- training
@@ -350,6 +386,7 @@ def save(s: Setup, t: Trainer, st: State, name: str) -> None:
             epoch=st.epoch, iteration=st.iteration, best_miou=st.best_miou, device=s.info.device,
             sampler=t.sampler.state_dict(), config=s.cfg.to_dict(), dataset_info=s.data.to_dict())
         ckpt["monitor"] = st.monitor.state_dict()
+        ckpt["inference"] = s.inference.to_dict()  # the settings it is validated with: the doors' default
         ckpt_io.save_checkpoint(ckpt, s.cfg.train.result_dir, name)
 
     on_main_rank(s.info, f"writing {Path(name).name}", write)
@@ -375,23 +412,26 @@ def restore(t: Trainer, ckpt: dict[str, Any], device: torch.device, monitor: Mon
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, precision: Precision,
-             device: torch.device, scales: tuple[float, ...] | None = None, flip: bool = False,
-             dumper: ImageDumper | Dumps | None = None, show: bool = True, ignore_index: int = 255,
-             memory: MemoryPlan | None = None, compile: bool = False) -> dict[str, Any]:
-    """Multi-scale / flip inference over ``loader``; a confusion matrix summed over ranks.
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, settings: InferenceSettings,
+             device: torch.device, dumper: ImageDumper | Dumps | None = None, show: bool = True,
+             ignore_index: int = 255, compile: bool = False) -> dict[str, Any]:
+    """Inference with ``settings`` (resolved: scales, flip, precision, memory budget) over ``loader``;
+    a confusion matrix summed over ranks.
 
     Runs an inference-prepared copy of ``model`` (conv+BN folded, channels_last; ``model`` itself
-    is untouched), within ``memory``'s budget when given.
+    is untouched), within the settings' memory budget.
     """
     from network import optimize_for_inference, predict
+    from network.tiling import memory_plan
 
-    fast = optimize_for_inference(model, dtype=precision.dtype if precision.half_model else None, compile=compile)
+    p = settings.run_precision
+    fast = optimize_for_inference(model, dtype=p.dtype if p.half_model else None, compile=compile)
+    memory = memory_plan(device, settings.memory_gb)
     cm = ConfusionMatrix(num_classes, ignore_index, device)
     for batch in progress_iter(loader, "eval", len(loader), enabled=show):
         x = batch["image"].to(device, non_blocking=True)
-        with precision.autocast():
-            out = predict(fast, precision.cast_input(x), scales=scales, flip=flip, memory=memory)
+        with p.autocast():
+            out = predict(fast, p.cast_input(x), scales=settings.scales, flip=settings.flip, memory=memory)
         pred = out["pred"].argmax(1)
         if "mask" in batch:
             cm.update(batch["mask"].to(device, non_blocking=True), pred)
@@ -408,14 +448,16 @@ def validate(s: Setup, st: State, epoch: int, t: Trainer | None = None) -> dict[
     rd = Path(cfg.train.result_dir)
     tmp = rd / (".val_images" if cfg.eval.eval is None else "best_images")
     dumper = eval_dumps(cfg.eval, rd, tmp, ds, info.is_main, info.rank,  # every rank: its own share
-                        (s.data.mean, s.data.std))
+                        (s.inference.mean, s.inference.std))
     t0 = time.time()
-    metrics = evaluate(s.net, s.val_loader, ds.num_classes, s.precision, info.device,
-                       cfg.eval.n_scales, cfg.eval.do_flip, dumper, info.is_main, ds.ignore_index,
-                       eval_memory(cfg, info.device), cfg.train.compile)
+    metrics = evaluate(s.net, s.val_loader, ds.num_classes, s.inference, info.device, dumper, info.is_main,
+                       ds.ignore_index, cfg.train.compile)
     dumper.finish()
     metrics.update(epoch=epoch, iteration=st.iteration, eval_seconds=round(time.time() - t0, 2),
-                   scales=list(cfg.eval.n_scales or ()), flip=cfg.eval.do_flip, precision=s.precision.describe())
+                   scales=list(s.inference.scales), flip=s.inference.flip,
+                   precision=s.inference.run_precision.describe(), inference=s.inference.to_dict())
+    if cfg.eval.eval:  # which weights were evaluated (training validates its own, at `iteration`)
+        metrics["checkpoint"] = s.weights.record()
     decision = st.monitor.update(metrics[cfg.train.monitor], epoch, st.iteration)
     improved = decision.improved and not cfg.eval.no_metrics  # best.pth follows --monitor
     st.best_miou = max(st.best_miou, metrics["miou"])
@@ -522,8 +564,8 @@ def run_training(s: Setup, train_ds: Any, ckpt: dict[str, Any] | None) -> int:
     progress = TrainProgress(t.total_iters, st.iteration, cfg.data.bs_trn * t.accum * info.world_size,
                              enabled=info.is_main)
     if info.is_main:
-        save_config(cfg, Path(cfg.train.result_dir) / "config.json",
-                    _runtime(cfg, info, s.precision, t.accum, t.steps_per_epoch, t.total_iters))
+        runtime = _runtime(cfg, info, s.precision, t.accum, t.steps_per_epoch, t.total_iters)
+        save_config(cfg, Path(cfg.train.result_dir) / "config.json", {**runtime, "inference": s.inference.to_dict()})
     return _epochs(s, t, st, progress)
 
 
@@ -583,18 +625,20 @@ def _run(cfg: Config) -> int:
         net = build_model(cfg, val_ds.num_classes, data.in_channels)
         if cfg.train.freeze_trunk:
             freeze_trunk(net)
-        ckpt = load_weights(cfg, net, info)
+        weights = load_weights(cfg, net, info)
+        settings = inference_settings(cfg, net, data, info.device, weights)
         model, net = place_model(cfg, net, info, precision)
         if cfg.eval.eval:  # into a training run: eval_<mode>/, the run's own files stay as training wrote them
             out = eval_output_dir(cfg.train.result_dir, cfg.eval.eval)
             cfg = replace(cfg, train=replace(cfg.train, result_dir=str(out)))
             Path(cfg.train.result_dir).mkdir(parents=True, exist_ok=True)
         s = Setup(cfg, info, precision, model, net, data, val_ds, build_val_loader(cfg, info, val_ds),
-                  RunLogger(cfg.train.result_dir, info.rank, cfg.flags()))
-        _say(info, f"{cfg.model.arch} on {info.device} x{info.world_size}, {precision.describe()}, "
-             f"result_dir {cfg.train.result_dir}")
+                  RunLogger(cfg.train.result_dir, info.rank, cfg.flags()), settings, replace(weights, resume=None))
+        what = "evaluation" if cfg.eval.eval else f"training {precision.describe()}"
+        _say(info, f"{cfg.model.arch} on {info.device} x{info.world_size}, {what}, result_dir {cfg.train.result_dir}")
+        _say(info, f"inference: {settings.describe()}")
         try:
-            return run_eval(s) if cfg.eval.eval else run_training(s, train_ds, ckpt)
+            return run_eval(s) if cfg.eval.eval else run_training(s, train_ds, weights.resume)
         finally:
             s.logger.close()
     except BaseException:

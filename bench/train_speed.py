@@ -41,8 +41,10 @@ def _build(argv: list[str]):
     precision = train.training_precision(cfg, info.device)
     train_ds, val_ds = train.build_datasets(cfg, train=True)
     model, net = train.place_model(cfg, train.build_model(cfg, val_ds.num_classes), info, precision)
-    s = train.Setup(cfg, info, precision, model, net, train.dataset_info(cfg.data.dataset), val_ds,
-                    train.build_val_loader(cfg, info, val_ds), RunLogger(cfg.train.result_dir, 0, {}))
+    data = train.dataset_info(cfg.data.dataset)
+    settings = train.inference_settings(cfg, net, data, info.device, train.Weights())
+    s = train.Setup(cfg, info, precision, model, net, data, val_ds, train.build_val_loader(cfg, info, val_ds),
+                    RunLogger(cfg.train.result_dir, 0, {}), settings, train.Weights())
     return s, train.build_trainer(s, train_ds)
 
 
@@ -69,7 +71,7 @@ def train_speed(root: str, iters: int) -> dict:
         train.train_step(s, t, i, batches)
     dt = time.perf_counter() - t0
     t0 = time.perf_counter()
-    train.evaluate(s.net, s.val_loader, 19, s.precision, s.info.device, (0.5, 1.0), True, show=False)
+    train.evaluate(s.net, s.val_loader, 19, s.inference, s.info.device, show=False)  # DEMO: 0.5,1.0 + flip
     de = time.perf_counter() - t0
     n_val = len(s.val_ds)
     return {"it_s": iters / dt, "img_s_train": iters * 4 / dt, "eval_img_s": n_val / de, "n_val": n_val}
@@ -93,8 +95,7 @@ def eval_memory(root: str, level: str) -> dict:
         Path("/proc/self/clear_refs").write_text("5")
     base = _rss_kib("VmRSS")
     t0 = time.perf_counter()
-    m = train.evaluate(s.net, s.val_loader, 19, s.precision, s.info.device, (0.5, 1.0, 2.0), True,
-                       show=False)
+    m = train.evaluate(s.net, s.val_loader, 19, s.inference, s.info.device, show=False)  # 0.5,1,2 + flip
     return {"level": level, "peak_mib": (_rss_kib("VmHWM") - base) / 1024, "seconds": time.perf_counter() - t0,
             "miou": m["miou"], "images": len(s.val_ds)}
 

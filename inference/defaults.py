@@ -30,6 +30,15 @@ AUTO_HELP = ("auto: bf16 autocast where the device computes bf16 natively (CUDA 
              "AVX-512 BF16/AMX), fp16 on older GPUs, else fp32")
 
 
+def requested_precision(amp_dtype: str, amp_opt_level: str | None) -> tuple[str, bool]:
+    """``(precision, half_model)`` an inference door takes from the flags train.py and predict.py share:
+    ``--amp_opt_level O0`` fp32; ``O3`` ``--amp_dtype`` with the weights cast too; otherwise (O1, O2,
+    ``--fp16``, nothing) ``--amp_dtype`` (``auto`` by default)."""
+    if amp_opt_level == "O0":
+        return "fp32", False
+    return amp_dtype, amp_opt_level == "O3"
+
+
 def default_scales(multiscale: bool, lo_scale: float = 0.5) -> tuple[float, ...]:
     """The documented default: ``(lo_scale, 1.0)`` for multi-scale models (``--mscale_lo_scale``, 0.5), else 1.0."""
     return (float(lo_scale), 1.0) if multiscale else DEFAULT_SCALES_SINGLE

@@ -68,6 +68,10 @@ class ResolvedPrecision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
+    def cast_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input in the weights' dtype when they are cast (O3)."""
+        return x.to(self.dtype) if self.half_model else x
+
     def describe(self) -> str:
         """E.g. ``bf16 autocast (auto: native bf16 on this CPU)``."""
         how = "fp32" if self.name == "fp32" else f"{self.name} {'weights + ' if self.half_model else ''}autocast"
@@ -196,15 +200,16 @@ def validated_scales(ckpt: Mapping[str, Any] | None, multiscale: bool) -> tuple[
     return default_scales(multiscale, lo)
 
 
-def build_settings(*, multiscale: bool, scales: Sequence[float] | None = None, ckpt: Mapping[str, Any] | None = None,
-                   lo_scale: float = 0.5, **fields: Any) -> InferenceSettings:
-    """The settings of one door: ``scales`` as given (``--n_scales``), else the checkpoint's validated
-    ones, else the documented default (:func:`inference.defaults.default_scales`); ``fields``: the
-    other :class:`InferenceSettings` fields (``None`` values keep their defaults)."""
+def build_settings(*, multiscale: bool, scales: Sequence[float] | None = None,
+                   validated: Sequence[float] | None = None, lo_scale: float = 0.5, **fields: Any) -> InferenceSettings:
+    """The settings of one door: ``scales`` as given (``--n_scales``), else ``validated`` (the
+    checkpoint's, :func:`validated_scales`), else the documented default
+    (:func:`inference.defaults.default_scales`); ``fields``: the other :class:`InferenceSettings`
+    fields (``None`` values keep their defaults)."""
     if scales:
         chosen, source = canonical_scales(scales), "--n_scales"
-    elif (found := validated_scales(ckpt, multiscale)) is not None:
-        chosen, source = found, "checkpoint: validated with"
+    elif validated:
+        chosen, source = canonical_scales(validated), "the checkpoint's validated scales"
     else:
         chosen, source = default_scales(multiscale, lo_scale), "default"
     given: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items() if v is not None}

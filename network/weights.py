@@ -2,7 +2,8 @@
 
 A training checkpoint (``best.pth``) is about two thirds optimizer state. :func:`slim_checkpoint`
 keeps the weights and what a user needs to run them (``arch``, ``num_classes``,
-``dataset_info``: class names, colours, mean/std, bands) in the safetensors header, and writes
+``dataset_info``: class names, colours, mean/std, bands; ``inference``: the settings it was
+validated with, whose scales are every door's default) in the safetensors header, and writes
 ``<file>.sha256`` beside it (``sha256sum`` format, so ``sha256sum -c`` checks it too).
 :func:`read_weights` checks that digest when the file is present and returns a dict shaped
 like a project checkpoint, so ``network.load_checkpoint`` and every ``--snapshot`` accept the
@@ -23,7 +24,7 @@ import torch
 
 WEIGHTS_FORMAT = "hmsa-weights/1"
 # checkpoint entries kept (as JSON) in the safetensors header, besides the tensors
-META_KEYS = ("arch", "num_classes", "dataset_info", "epoch", "iteration", "best_miou")
+META_KEYS = ("arch", "num_classes", "dataset_info", "epoch", "iteration", "best_miou", "inference")
 
 
 def sha256_path(path: str | Path) -> Path:

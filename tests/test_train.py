@@ -54,7 +54,10 @@ def test_run_directory_contents(runs):
 @pytest.mark.parametrize("level", ["O1", "O3"])
 def test_mixed_precision_levels_run_on_cpu_in_bf16(runs, level):
     metrics = json.loads((runs / level / "metrics.json").read_text())
-    assert metrics["precision"].startswith(f"{level} bfloat16")
+    assert metrics["precision"].startswith("bf16 autocast" if level == "O1" else "bf16 weights + autocast")
+    assert metrics["inference"]["precision"] == "bf16" and metrics["inference"]["half_model"] == (level == "O3")
+    runtime = json.loads((runs / level / "config.json").read_text())["runtime"]
+    assert runtime["precision"].startswith(f"{level} bfloat16")  # training's
     assert all(math.isfinite(v) for _, v in scalars(runs / level, "train/loss"))
 
 
@@ -111,3 +114,22 @@ def test_eval_folder_delegates_to_predict(runs, synthetic_root, tmp_path):
     labels = sorted((tmp_path / "label").rglob("*.png"))
     assert len(labels) == len(images) == 4
     assert len(sorted((tmp_path / "overlay").rglob("*.jpg"))) == 4  # --dump_assets -> overlays
+
+
+def test_eval_records_the_checkpoint_and_the_resolved_settings(runs, synthetic_root, tmp_path, capsys):
+    """Without --n_scales, --eval recorded "scales": [] and nothing said which checkpoint it evaluated.
+    Now the scales come from the checkpoint (its run validated with them) and everything is recorded."""
+    import torch
+
+    best = runs / "fp32" / "best.pth"
+    assert torch.load(best, weights_only=True)["inference"]["scales"] == [1.0]  # recorded by training
+    assert cli(tiny_args(synthetic_root, tmp_path, "--eval", "val", "--snapshot", str(best))) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["scales"] == [1.0] and metrics["inference"]["scales_from"] == "the checkpoint's validated scales"
+    assert metrics["inference"]["precision"] in ("fp32", "bf16")  # auto, resolved (this CPU decides which)
+    assert "auto:" in metrics["inference"]["precision_rule"]
+    trained = torch.load(best, weights_only=True)
+    assert metrics["checkpoint"] == {"path": str(best.resolve()), "epoch": trained["epoch"],
+                                     "iteration": trained["iteration"]}
+    out = capsys.readouterr().out
+    assert "inference: scales 1 (the checkpoint's validated scales), flip off, " in out
