@@ -302,6 +302,16 @@ class CliParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is None: the help text says what leaving it out means
+    (``--n_scales``: the checkpoint's scales, else 0.5,1.0 ...), never "default: None"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _checked(parse: typing.Callable[[str], Any], check: typing.Callable[[Any], str | None] | None
              ) -> typing.Callable[[str], Any]:
     """``parse``, then ``check`` on the value: its problem becomes argparse's one-line error."""
@@ -354,7 +364,7 @@ def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser generated from the dataclass fields (one flag per field)."""
     parser = CliParser(prog="train.py", description="HMSA semantic segmentation: train / evaluate",
-                     allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                     allow_abbrev=False, formatter_class=HelpFormatter)
     for section, cls in SECTIONS.items():
         add_arguments(parser.add_argument_group(section), cls)
     return parser

@@ -11,7 +11,8 @@ Outputs mirror the input tree under ``--result_dir``::
     prob/<rel>.npz      uint8 probabilities x 255, (K, H, W)  (--probs; rasters: prob/<rel>.tif)
     failures.csv, summary.json          merged view over every range/shard run into this folder
     reports/failures<part>.csv, reports/summary<part>.json   one per --subdirs range and shard
-    predict_manifest.json, .claims/     settings of the outputs; images being worked on
+    predict_manifest.json, .claims/     settings of the outputs (resolved; a resume with others is
+                                        refused, naming them); images being worked on
 
 Every file is written atomically, so an existing output is a complete one: an image
 is skipped when all its outputs exist. A Slurm job array (or ``--shard i/N``, or
@@ -26,7 +27,12 @@ Exit status: 0 done; 3 more than ``--max_fail_ratio`` of the shard's images fail
 143 SIGTERM, 138 SIGUSR1 (the warning ``python -m sbatch`` jobs get before their time limit; the
 report says "interrupted", the job is requeued and resumes). ``--list_missing``: 0 nothing left, 1 otherwise.
 
-``train.py --eval folder`` calls :func:`predict_folder` with its own model.
+Inference settings (scales, flip, precision, normalisation, short side, memory budget) are the one
+configuration of ``inference/settings.py``: ``--n_scales``, else the scales the checkpoint was validated
+with, else 0.5,1.0 (multi-scale models) / 1.0; ``--amp_dtype auto`` (bf16 where the device computes
+it natively, else fp32; fp16 on older GPUs). The run logs them (``predict: inference: ...``).
+
+``train.py --eval folder`` calls :func:`predict_folder` with its own model and the same settings.
 """
 
 from __future__ import annotations
@@ -48,14 +54,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from config import (
+    AMP_LEVELS,
     CliParser,
+    HelpFormatter,
     add_arguments,
     flag,
     fraction,
@@ -79,21 +87,24 @@ from datasets.folder import (
 from datasets.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, info_for_checkpoint
 from datasets.raster import GeoError
 from inference.defaults import AUTO_HELP, PRECISIONS, SCALES_HELP, scales_problem
+from inference.settings import InferenceSettings, is_multiscale, settings_diff
 from sbatch import slurmenv
 from utils.dist import pick_device
 from utils.errors import UserError, is_disk_full, run_cli
 from utils.folderjob import Claims, Owner, PartReport, merged_failures, part_suffix, print_unwritten
-from utils.io import atomic_write_bytes, atomic_write_json, ensure_output_dir, remove_stale_temps
+from utils.io import atomic_write_bytes, atomic_write_json, ensure_output_dir, remove_created, remove_stale_temps
 from utils.signals import STOP_SIGNALS, exit_on_signal
 
 EXIT_TOO_MANY_FAILURES = 3
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 MANIFEST = "predict_manifest.json"
 # settings that change the pixels of an output: a resume with other values would mix results
-MANIFEST_KEYS = ("arch", "snapshot", "num_classes", "infer_short_side", "size_divisor", "scales",
-                 "flip", "bands", "band_mean", "band_std", "tile", "overlap", "image_mean", "image_std")
-# what a manifest written before a key existed means by its absence (photos were ImageNet-normalised)
-MANIFEST_LEGACY = {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}
+# besides the inference settings ("inference": InferenceSettings.to_dict(), compared by settings_diff)
+MANIFEST_KEYS = ("arch", "snapshot", "num_classes", "bands", "band_mean", "band_std", "tile", "overlap")
+# the flag that sets each inference record key (named when a resume is refused)
+SETTING_FLAGS = {"scales": "--n_scales", "flip": "--do_flip", "precision": "--amp_dtype",
+                 "half_model": "--amp_opt_level", "mean": "--image_mean", "std": "--image_std",
+                 "short_side": "--infer_short_side", "size_divisor": "--size_divisor"}
 
 
 class PredictError(UserError, RuntimeError):
@@ -118,6 +129,8 @@ class PredictOptions:
     flip: bool = flag(False, "average with the horizontally flipped prediction", flag="do_flip")
     amp: bool = flag(True, "autocast in --amp_dtype (--no_amp: exact fp32, as --amp_dtype fp32)", negate=True)
     amp_dtype: str = flag("auto", AUTO_HELP + "; fp32: the exact path", choices=list(PRECISIONS))
+    amp_opt_level: str | None = flag(None, "as train.py's: O0 fp32, O1/O2 autocast in --amp_dtype (the default), "
+                                     "O3 also the weights in --amp_dtype", choices=list(AMP_LEVELS))
     color: bool = flag(True, "write colourised labels (color/<rel>.png)", negate=True)
     overlay: bool = flag(False, "write colours blended over the photo (overlay/<rel>.jpg)")
     probs: bool = flag(False, "also write per-class probabilities (prob/<rel>.npz or .tif)")
@@ -157,7 +170,8 @@ class ModelChoice:
                                choices=["cityscapes", "mapillary"])
     num_classes: int | None = flag(None, "class count when the snapshot does not record it")
     eval: str = flag("folder", "accepted for the reference's command lines", choices=["folder"])
-    fp16: bool = flag(False, "accepted (autocast is on by default, see --amp_dtype)")
+    fp16: bool = flag(False, "as train.py's --fp16 (O1: autocast in --amp_dtype), which is already the default")
+    trust_checkpoint: bool = flag(False, "unpickle --snapshot fully (runs code from the file; trusted files only)")
     list_missing: bool = flag(False, "print the images still missing or failed (status, path, reason) and exit; "
                               "loads no model")
     device: str | None = flag(None, "auto, cpu, cuda or cuda:N; none: this process's GPU if any, else cpu")
@@ -353,46 +367,75 @@ def _relative_inside(path: Path, root: Path) -> str | None:
     return rel if rel != "." else ""
 
 
-def check_manifest(opts: PredictOptions, num_classes: int) -> None:
-    """Refuse to resume into a result folder made with other settings (mixed outputs)."""
-    settings = {k: v for k, v in asdict(opts).items() if k in MANIFEST_KEYS}
-    settings["num_classes"] = num_classes
-    settings["image_mean"], settings["image_std"] = photo_stats(opts)
-    if settings.get("snapshot"):  # the same file, however it was spelled (predict.py or train.py)
-        settings["snapshot"] = str(Path(settings["snapshot"]).resolve())
-    settings = json.loads(json.dumps(settings, default=str))
+def check_manifest(opts: PredictOptions, num_classes: int, settings: InferenceSettings,
+                   multiscale: bool = True) -> None:
+    """Refuse to resume into a result folder made with other settings (mixed outputs), naming the
+    differences and the flags that set them; record this run's (resolved) settings."""
+    record = {k: v for k, v in asdict(opts).items() if k in MANIFEST_KEYS}
+    record["num_classes"] = num_classes
+    if record.get("snapshot"):  # the same file, however it was spelled (predict.py or train.py)
+        record["snapshot"] = str(Path(record["snapshot"]).resolve())
+    record = json.loads(json.dumps(record, default=str))
+    record["inference"] = settings.to_dict()
     path = Path(opts.result_dir) / MANIFEST
     if path.exists() and not opts.overwrite:
         old = json.loads(path.read_text())
-        old = {**MANIFEST_LEGACY, **old}
-        diff = sorted(k for k in MANIFEST_KEYS if old.get(k) != settings.get(k))
-        if diff:
-            raise PredictError(f"{opts.result_dir} holds outputs made with other settings ({', '.join(diff)}: "
-                               f"{[old.get(k) for k in diff]} there, {[settings.get(k) for k in diff]} now); "
+        diff = [f"{k}: {old.get(k)} there, {record.get(k)} now" for k in MANIFEST_KEYS if old.get(k) != record.get(k)]
+        inference = settings_diff(old.get("inference") or legacy_settings(old, multiscale), record["inference"])
+        if diff or inference:
+            flags = sorted({SETTING_FLAGS[d.split(":")[0]] for d in inference})
+            hint = f"rerun with the folder's {', '.join(flags)}, " if flags else ""
+            what = "; ".join(diff + inference)
+            raise PredictError(f"{opts.result_dir} holds outputs made with other settings ({what}): {hint}"
                                "use a new --result_dir, or --overwrite to recompute everything")
-    atomic_write_json(path, settings)
+    atomic_write_json(path, record)
+
+
+def legacy_settings(old: Mapping[str, Any], multiscale: bool) -> dict[str, Any]:
+    """The inference record of a manifest written before settings were recorded (flat keys): its
+    ``scales: null`` meant the model's own (predict.py built Mscale models with 0.5,1.0,2.0), and
+    photos were ImageNet-normalised when the keys were absent; precision was not recorded."""
+    scales = old.get("scales") or ([0.5, 1.0, 2.0] if multiscale else [1.0])
+    return {"scales": sorted(float(v) for v in scales), "flip": bool(old.get("flip", False)),
+            "mean": old.get("image_mean", list(IMAGENET_MEAN)), "std": old.get("image_std", list(IMAGENET_STD)),
+            "short_side": old.get("infer_short_side") or "original", "size_divisor": old.get("size_divisor", 32)}
 
 
 # ---------------------------------------------------------------- inference
 
 
-def _logits_fn(model: nn.Module, device: torch.device, opts: PredictOptions):
-    from inference.settings import resolve_precision
+def _logits_fn(model: nn.Module, device: torch.device, settings: InferenceSettings):
+    """``x -> float32 logits`` with the (resolved) settings: scales, flip, precision, memory budget."""
     from network import predict as network_predict
     from network.tiling import memory_plan
 
-    precision = resolve_precision(opts.amp_dtype if opts.amp else "fp32", device)
-    print(f"predict: {precision.describe()} on {device.type}", file=sys.stderr)
-    memory = memory_plan(device, opts.eval_memory_gb)
+    precision, memory = settings.run_precision, memory_plan(device, settings.memory_gb)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         if device.type == "cuda":  # the stacked batch, pinned, copies asynchronously
             x = x.pin_memory()
-        x = x.to(device, non_blocking=True)
+        x = precision.cast_input(x.to(device, non_blocking=True))
         with torch.inference_mode(), precision.autocast():
-            return network_predict(model, x, scales=opts.scales, flip=opts.flip, memory=memory)["pred"].float()
+            out = network_predict(model, x, scales=settings.scales, flip=settings.flip, memory=memory)
+            return out["pred"].float()
 
     return fn
+
+
+def inference_settings(opts: PredictOptions, model: nn.Module, validated: Sequence[float] | None = None
+                       ) -> InferenceSettings:
+    """The one inference configuration from predict.py's flags: ``--n_scales``, else ``validated`` (the
+    scales the checkpoint was validated with), else the documented default; precision from
+    ``--no_amp``/``--amp_opt_level``/``--amp_dtype``; photo normalisation (``photo_stats``)."""
+    from inference.defaults import requested_precision
+    from inference.settings import build_settings, is_multiscale
+
+    precision, half_model = requested_precision(opts.amp_dtype if opts.amp else "fp32", opts.amp_opt_level)
+    mean, std = photo_stats(opts)
+    return build_settings(multiscale=is_multiscale(model), scales=opts.scales, validated=validated, flip=opts.flip,
+                          precision=precision, half_model=half_model, mean=mean, std=std,
+                          short_side=opts.infer_short_side, size_divisor=opts.size_divisor,
+                          memory_gb=opts.eval_memory_gb)
 
 
 class SizeBuckets:
@@ -482,11 +525,11 @@ def _write_photo_outputs(paths: dict[str, Path], label: np.ndarray, prob: np.nda
 class _Run:
     """State of one :func:`predict_folder` call: progress, claims, failures, pending writes."""
 
-    def __init__(self, opts: PredictOptions, summary: Summary, palette: np.ndarray,
-                 class_names: Sequence[str], items: Sequence[Item], claims: Claims, report: PartReport) -> None:
+    def __init__(self, opts: PredictOptions, summary: Summary, palette: np.ndarray, class_names: Sequence[str],
+                 items: Sequence[Item], claims: Claims, report: PartReport, settings: InferenceSettings) -> None:
         from tqdm import tqdm
 
-        self.opts, self.summary = opts, summary
+        self.opts, self.summary, self.settings = opts, summary, settings
         self.palette, self.class_names = palette, class_names
         self.result_dir = Path(opts.result_dir)
         self.items = {it.rel: it for it in items}
@@ -571,10 +614,10 @@ def _photo_batches(ds: torch.utils.data.Dataset, run: _Run, opts: PredictOptions
 def _run_photos(items: list[Item], logits_fn, run: _Run, opts: PredictOptions) -> None:
     if not items:
         return
-    mean, std = photo_stats(opts)
-    ds = FolderDataset(opts.eval_folder, files=[it.rel for it in items], short_side=opts.infer_short_side,
-                       size_divisor=opts.size_divisor, max_pixels=opts.max_pixels,
-                       keep_original=opts.overlay, mean=mean, std=std)
+    st = run.settings
+    ds = FolderDataset(opts.eval_folder, files=[it.rel for it in items], short_side=st.short_side,
+                       size_divisor=st.size_divisor, max_pixels=opts.max_pixels,
+                       keep_original=opts.overlay, mean=st.mean, std=st.std)
     outputs = [_recheck(run.result_dir, it, opts) for it in items]
     for batch in _photo_batches(_ClaimingDataset(ds, [it.stem for it in items], outputs, run.claims), run, opts):
         for sample, result in _infer_with_oom_fallback(logits_fn, batch, opts.probs, run):
@@ -664,12 +707,13 @@ def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, 
 
 def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarray | None = None,
                    class_names: Sequence[str] | None = None, device: torch.device | None = None,
-                   shard_: Shard | None = None) -> Summary:
+                   shard_: Shard | None = None, settings: InferenceSettings | None = None) -> Summary:
     """Segment ``opts.eval_folder`` into ``opts.result_dir`` with ``model`` (already built and loaded).
 
-    Resumes (skips complete outputs), covers only this process's shard, writes the
-    failures CSV and summary JSON, and returns the :class:`Summary`; the caller
-    decides the exit status from ``summary.ok``.
+    ``settings``: the inference configuration (default: :func:`inference_settings` of ``opts``,
+    without a checkpoint's scales), resolved on ``device``, logged and recorded in the manifest.
+    Resumes (skips complete outputs), covers only this process's shard, writes the failures CSV
+    and summary JSON, and returns the :class:`Summary`; the caller decides the exit status.
     """
     device = device or next(model.parameters()).device
     num_classes = int(getattr(model, "num_classes", 0) or len(palette if palette is not None else []))
@@ -679,35 +723,46 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
     class_names = class_names or default_class_names(num_classes)
     check_options(opts)
     shard_ = shard_ or resolve_shard(opts.shard)
-    if opts.arch is None:
-        opts = replace(opts, arch=getattr(model, "arch", type(model).__name__))
-    created = ensure_output_dir(opts.result_dir)
-    try:
-        items, skipped = plan(opts, shard_)
-        check_manifest(opts, num_classes)
-    except BaseException:
-        if created:  # a run that cannot start leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                Path(opts.result_dir).rmdir()
-        raise
+    opts = opts if opts.arch else replace(opts, arch=getattr(model, "arch", type(model).__name__))
+    settings = (settings or inference_settings(opts, model)).resolve(device)
+    items, skipped = _start(opts, shard_, num_classes, settings, is_multiscale(model))
     summary = Summary(shard_, total=len(items) + skipped, skipped=skipped, max_fail_ratio=opts.max_fail_ratio)
     print(f"predict: shard {shard_.index}/{shard_.count} ({shard_.source}): {summary.total} images, "
           f"{skipped} already complete, {len(items)} to do", file=sys.stderr)
+    print(f"predict: inference: {settings.describe()}", file=sys.stderr)
     from network import optimize_for_inference
 
-    model = optimize_for_inference(model, compile=opts.compile)  # folded BN, channels_last; a copy
-    logits_fn = _logits_fn(model, device, opts)
+    half = settings.run_precision.dtype if settings.run_precision.half_model else None  # O3
+    prepared = optimize_for_inference(model, compile=opts.compile, dtype=half)  # folded BN, channels_last; a copy
     owner, started = Owner.this_process(), time.strftime("%Y-%m-%dT%H:%M:%S")
     report = PartReport(opts.result_dir, part_suffix(opts.subdirs, shard_.suffix), owner,
                         lambda: summary.record(owner, started))
     run = _Run(opts, summary, palette, class_names, items, Claims(opts.result_dir, owner, opts.claim_timeout),
-               report)
-    start = time.perf_counter()
+               report, settings)
+    _execute(run, items, _logits_fn(prepared, device, settings), num_classes, int(getattr(model, "in_channels", 3)))
+    return summary
+
+
+def _start(opts: PredictOptions, shard_: Shard, num_classes: int, settings: InferenceSettings,
+           multiscale: bool) -> tuple[list[Item], int]:
+    """This shard's work, the result folder (created only once the input is known good) and its manifest."""
+    items, skipped = plan(opts, shard_)  # a bad --eval_folder is refused before anything is created
+    created = ensure_output_dir(opts.result_dir)
     try:
-        report.write()  # "running": a run killed with SIGKILL is not mistaken for a finished one
+        check_manifest(opts, num_classes, settings, multiscale)
+    except BaseException:
+        remove_created(opts.result_dir, created)  # a run that cannot start leaves no empty folder behind
+        raise
+    return items, skipped
+
+
+def _execute(run: _Run, items: list[Item], logits_fn, num_classes: int, in_channels: int) -> None:
+    """Every image of ``items``; the report's status says how the run ended, whatever ends it."""
+    summary, opts, start = run.summary, run.opts, time.perf_counter()
+    try:
+        run.report.write()  # "running": a run killed with SIGKILL is not mistaken for a finished one
         _run_photos([it for it in items if not it.raster], logits_fn, run, opts)
-        _run_rasters([it for it in items if it.raster], logits_fn, run, opts, num_classes,
-                     int(getattr(model, "in_channels", 3)))
+        _run_rasters([it for it in items if it.raster], logits_fn, run, opts, num_classes, in_channels)
         run.close()
         summary.status = "complete"
     except BaseException as e:
@@ -717,9 +772,8 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
         raise
     finally:
         summary.seconds = time.perf_counter() - start
-        _final_report(report, summary)
+        _final_report(run.report, summary)
         print(f"predict: {summary.line()}", file=sys.stderr)
-    return summary
 
 
 def _status_of(err: BaseException) -> str:
@@ -747,7 +801,7 @@ def _final_report(report: PartReport, summary: Summary) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Flags generated from :class:`PredictOptions` and :class:`ModelChoice` (config.py's machinery)."""
     p = CliParser(prog="predict.py", description=(__doc__ or "").split("\n")[0], allow_abbrev=False,
-                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                  formatter_class=HelpFormatter)
     add_arguments(p.add_argument_group("outputs"), PredictOptions)
     add_arguments(p.add_argument_group("model"), ModelChoice)
     return p
@@ -758,22 +812,29 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
     return replace(opts, snapshot=str(Path(opts.snapshot).resolve()) if opts.snapshot else None)
 
 
-def load_model(arch: str, snapshot: str | None, *, dataset: str | None = None, num_classes: int | None = None,
-               **model_kwargs: Any) -> tuple[nn.Module, DatasetInfo]:
-    """The registered model with the snapshot's weights, and the classes it predicts.
+class LoadedModel(NamedTuple):
+    """A model built from a snapshot, its classes, and the scales the snapshot was validated with (or None)."""
 
-    The classes come from the snapshot when it records them (``datasets.info_for_checkpoint``).
-    """
+    model: nn.Module
+    info: DatasetInfo
+    validated: tuple[float, ...] | None = None
+
+
+def load_model(arch: str, snapshot: str | None, *, dataset: str | None = None, num_classes: int | None = None,
+               trust: bool = False, **model_kwargs: Any) -> LoadedModel:
+    """The registered model with the snapshot's weights, the classes it predicts (from the snapshot
+    when it records them, ``datasets.info_for_checkpoint``) and its validated scales."""
+    from inference.settings import validated_scales
     from network.checkpoint import build_model, read_checkpoint
 
-    ckpt = read_checkpoint(snapshot) if snapshot else None
+    ckpt = read_checkpoint(snapshot, trust=trust) if snapshot else None
     info = info_for_checkpoint(ckpt, dataset, num_classes)
     model_kwargs.setdefault("trunk_weights", None)
     model_kwargs.setdefault("in_channels", info.in_channels)
     model = build_model(arch, info.num_classes, ckpt, **model_kwargs)
     if ckpt is None:
         print("predict: no --snapshot: the model has random weights (demo/benchmark only)", file=sys.stderr)
-    return model, info
+    return LoadedModel(model, info, validated_scales(ckpt, is_multiscale(model)))
 
 
 def check_options(opts: PredictOptions) -> None:
@@ -860,10 +921,11 @@ def _main(argv: Sequence[str]) -> int:
             raise PredictError("--arch is required (only --list_missing runs without a model)")
         check_options(opts)  # bad flag combinations are named before the model is built
         device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
-        model, info = load_model(args.arch, args.snapshot, dataset=args.dataset, num_classes=args.num_classes)
+        model, info, validated = load_model(args.arch, args.snapshot, dataset=args.dataset,
+                                            num_classes=args.num_classes, trust=args.trust_checkpoint)
         opts = with_data_defaults(opts, info)
         summary = predict_folder(model.to(device), opts, palette=info.palette, class_names=info.class_names,
-                                 device=device)
+                                 device=device, settings=inference_settings(opts, model, validated))
     if not summary.ok:
         print(f"predict: {summary.failed} of {summary.total} images failed ({summary.fail_ratio:.2%} > "
               f"--max_fail_ratio {opts.max_fail_ratio:.2%}); see {opts.result_dir}/failures.csv",

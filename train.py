@@ -48,7 +48,7 @@ from utils.dist import (
 from utils.dump import Dumps, ImageDumper, eval_dumps
 from utils.errors import end_children, run_cli
 from utils.finetune import apply_start_flags, freeze_trunk
-from utils.io import ensure_output_dir
+from utils.io import ensure_output_dir, remove_created
 from utils.logger import RunLogger
 from utils.metrics import ConfusionMatrix, format_table, write_metrics
 from utils.monitor import Monitor, eval_output_dir, write_top_k
@@ -642,9 +642,7 @@ def _run(cfg: Config) -> int:
         finally:
             s.logger.close()
     except BaseException:
-        if created:  # a run that failed before writing anything leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                Path(cfg.train.result_dir).rmdir()
+        remove_created(cfg.train.result_dir, created)  # a run that failed before writing leaves no empty folder
         raise
     finally:
         torch.use_deterministic_algorithms(flags[0])  # leave the process as found (tests, notebooks)
@@ -653,12 +651,14 @@ def _run(cfg: Config) -> int:
 
 
 def eval_folder(cfg: Config) -> int:
-    """``--eval folder``: predict.py's resumable, sharded folder inference with this config's model."""
+    """``--eval folder``: predict.py's resumable, sharded folder inference with this config's model and
+    the same inference settings predict.py would use for these flags."""
     import predict
 
     snapshot = expand_assets(cfg.model.snapshot, cfg.model.assets_path)
     try:
-        net, data = predict.load_model(cfg.model.arch, snapshot, dataset=cfg.data.dataset, **model_kwargs(cfg))
+        net, data, validated = predict.load_model(cfg.model.arch, snapshot, dataset=cfg.data.dataset,
+                                                  trust=cfg.model.trust_checkpoint, **model_kwargs(cfg))
     except KeyError as err:
         raise ConfigError(f"--arch: {err.args[0]}") from err
     device = pick_device(cfg.train.device)
@@ -666,14 +666,13 @@ def eval_folder(cfg: Config) -> int:
     opts = predict.PredictOptions(
         eval_folder=str(e.eval_folder), result_dir=cfg.train.result_dir, subdirs=e.subdirs, shard=e.shard,
         infer_short_side=e.infer_short_side, batch_size=cfg.data.bs_val, workers=cfg.data.num_workers,
-        scales=e.n_scales, flip=e.do_flip, amp=cfg.amp_level != "O0", amp_dtype=cfg.train.amp_dtype,
-        eval_memory_gb=e.eval_memory_gb,
-        compile=cfg.train.compile, overlay=e.dump_assets, probs=e.probs,
+        scales=e.n_scales, flip=e.do_flip, amp_dtype=cfg.train.amp_dtype, amp_opt_level=cfg.train.amp_opt_level,
+        eval_memory_gb=e.eval_memory_gb, compile=cfg.train.compile, overlay=e.dump_assets, probs=e.probs,
         arch=cfg.model.arch, snapshot=snapshot)
     try:
         opts = predict.with_data_defaults(opts, data)
         summary = predict.predict_folder(net.to(device), opts, palette=data.palette, class_names=data.class_names,
-                                         device=device)
+                                         device=device, settings=predict.inference_settings(opts, net, validated))
     except (predict.PredictError, ValueError) as err:
         raise ConfigError(f"--eval folder: {err}") from err
     return 0 if summary.ok else predict.EXIT_TOO_MANY_FAILURES

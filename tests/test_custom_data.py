@@ -318,15 +318,20 @@ def test_photo_stats_flags_override_and_older_result_folders_still_resume(tmp_pa
     assert predict.photo_stats(given) == ((0.5, 0.5, 0.5), (0.1, 0.2, 0.4))  # --image_mean alone: std as saved
     with pytest.raises(predict.PredictError, match="--image_mean"):
         predict.photo_stats(PredictOptions(eval_folder="x", result_dir="y", image_mean=(0.5,)))
-    # a manifest written before photo statistics were recorded meant ImageNet's: same settings, resumes
+    # a manifest written before the settings were recorded (flat keys, no photo statistics) meant
+    # ImageNet's: same settings, resumes; other statistics: other pixels, refused
+    import torch.nn as nn
+
     (tmp_path / "out").mkdir()
-    check_manifest(opts, 3)
-    manifest = tmp_path / "out" / predict.MANIFEST
-    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items()
-                                    if k not in ("image_mean", "image_std")}))
-    check_manifest(opts, 3)
-    with pytest.raises(predict.PredictError, match="image_mean"):
-        check_manifest(with_data_defaults(opts, info), 3)  # other statistics: other pixels, refused
+    legacy = {"arch": None, "snapshot": None, "num_classes": 3, "infer_short_side": None, "size_divisor": 32,
+              "scales": None, "flip": False, "bands": None, "band_mean": None, "band_std": None, "tile": 1024,
+              "overlap": 128}
+    (tmp_path / "out" / predict.MANIFEST).write_text(json.dumps(legacy))
+    check_manifest(opts, 3, predict.inference_settings(opts, nn.Identity()), multiscale=False)
+    (tmp_path / "out" / predict.MANIFEST).write_text(json.dumps(legacy))
+    other = with_data_defaults(opts, info)
+    with pytest.raises(predict.PredictError, match="--image_mean, --image_std"):
+        check_manifest(other, 3, predict.inference_settings(other, nn.Identity()), multiscale=False)
 
 
 def test_bad_photo_stats_are_named_before_the_model_is_loaded(tmp_path, capsys):

@@ -255,7 +255,8 @@ def test_main_in_process_puts_the_previous_sigterm_handler_back(tmp_path: Path,
                "--eval_folder", str(tmp_path / "in"), "--result_dir", str(tmp_path / "out0")]
         assert predict.main(bad) == 2  # fails after the handler is installed
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
-        monkeypatch.setattr(predict, "load_model", lambda *_a, **_k: (CountingSeg(), DatasetInfo.generic(5)))
+        monkeypatch.setattr(predict, "load_model",
+                            lambda *_a, **_k: predict.LoadedModel(CountingSeg(), DatasetInfo.generic(5)))
         good = ["--arch", "ocrnet.HRNet_w18s", "--eval_folder", str(tmp_path / "in"),
                 "--result_dir", str(tmp_path / "out1"), "--num_workers", "0", "--no_progress", "--device", "cpu"]
         assert predict.main(good) == 0 and len(labels(tmp_path / "out1")) == 2

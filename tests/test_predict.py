@@ -181,10 +181,30 @@ def test_manifest_refuses_mixing_settings(tmp_path: Path) -> None:
     make_tree(tmp_path / "in", per_dir=1)
     opts = opts_for(tmp_path / "in", tmp_path / "out")
     predict_folder(CountingSeg(), opts)
-    with pytest.raises(PredictError, match="infer_short_side"):
+    with pytest.raises(PredictError, match="short_side: 32 there, 64 now.*--infer_short_side"):
         predict_folder(CountingSeg(), replace(opts, infer_short_side=64))
     s = predict_folder(CountingSeg(), replace(opts, infer_short_side=64, overwrite=True))
     assert s.done == 3 and s.skipped == 0
+
+
+def test_manifest_and_log_carry_the_resolved_settings_and_a_resume_with_others_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """predict_manifest.json recorded "scales": null and the log named no scales, so a folder started
+    with one default and resumed with another mixed outputs unnoticed."""
+    import json
+
+    make_tree(tmp_path / "in", per_dir=1)
+    opts = opts_for(tmp_path / "in", tmp_path / "out", amp_dtype="fp32")
+    predict_folder(CountingSeg(), opts)
+    recorded = json.loads((tmp_path / "out" / "predict_manifest.json").read_text())["inference"]
+    assert recorded["scales"] == [1.0] and recorded["scales_from"] == "default" and recorded["precision"] == "fp32"
+    assert recorded["short_side"] == 32 and None not in recorded.values()
+    assert "predict: inference: scales 1 (default), flip off, fp32 (--amp_dtype fp32)" in capsys.readouterr().err
+    with pytest.raises(PredictError, match=r"scales: 1 there, 0.5,1 now\): rerun with the folder's --n_scales"):
+        predict_folder(CountingSeg(), replace(opts, scales=(0.5, 1.0)))
+    with pytest.raises(PredictError, match="precision: fp32 there, bf16 now.*--amp_dtype"):
+        predict_folder(CountingSeg(), replace(opts, amp_dtype="bf16"))
+    assert predict_folder(CountingSeg(), opts).skipped == 3  # the same settings resume
 
 
 def test_size_buckets_batch_equal_sizes_and_bound_memory() -> None:
@@ -278,6 +298,7 @@ def test_command_line_is_generated_from_the_options_with_help_and_the_old_flag_n
     old = ("arch snapshot eval_folder result_dir dataset num_classes eval subdirs shard infer_short_side "
            "size_divisor batch_size bs_val workers num_workers n_scales do_flip no_amp amp_dtype fp16 no_color "
            "overlay probs no_geotiff bands band_mean band_std tile overlap max_pixels max_fail_ratio overwrite "
-           "no_progress device list_missing claim_timeout eval_memory_gb compile image_mean image_std")
+           "no_progress device list_missing claim_timeout eval_memory_gb compile image_mean image_std "
+           "amp_opt_level trust_checkpoint")  # the last two: the same opt-ins as train.py
     assert set(flags) == {f"--{n}" for n in old.split()}
     assert all(a.help for a in flags.values())

@@ -128,30 +128,34 @@ class _DtypeSpy(nn.Module):
                                                   ("bf16", False, torch.float32)])
 def test_predict_autocasts_in_the_chosen_dtype_on_the_cpu(amp_dtype, amp, seen, tmp_path):
     """predict.py used fp16 on CUDA whatever was asked and nothing on the CPU; now --amp_dtype decides."""
-    from predict import PredictOptions, _logits_fn
+    from predict import PredictOptions, _logits_fn, inference_settings
 
     spy = _DtypeSpy()
     opts = PredictOptions(eval_folder=str(tmp_path), result_dir=str(tmp_path / "out"), amp=amp, amp_dtype=amp_dtype)
-    out = _logits_fn(spy, torch.device("cpu"), opts)(torch.randn(1, 3, 8, 8))
+    settings = inference_settings(opts, spy).resolve(torch.device("cpu"))
+    out = _logits_fn(spy, torch.device("cpu"), settings)(torch.randn(1, 3, 8, 8))
     assert spy.seen == [seen] and out.dtype == torch.float32
 
 
-@pytest.mark.parametrize("extra, amp, amp_dtype", [([], False, "auto"),
-                                                   (["--amp_opt_level", "O1", "--amp_dtype", "bf16"], True, "bf16")])
-def test_train_eval_folder_passes_the_precision_to_predict(extra, amp, amp_dtype, tmp_path, monkeypatch):
-    """train.py --eval folder autocast in fp16 on CUDA whatever --amp_dtype said; now predict gets it."""
+@pytest.mark.parametrize("extra, level, amp_dtype", [([], None, "auto"),
+                                                     (["--amp_opt_level", "O1", "--amp_dtype", "bf16"], "O1", "bf16"),
+                                                     (["--amp_opt_level", "O3"], "O3", "auto")])
+def test_train_eval_folder_passes_the_precision_to_predict(extra, level, amp_dtype, tmp_path, monkeypatch):
+    """train.py --eval folder autocast in fp16 on CUDA whatever --amp_dtype said, and dropped O3; now predict
+    gets the flags and builds the same settings predict.py would."""
     import predict
     import train
-    from config import parse_config
 
     seen = {}
 
-    def fake_predict_folder(_model, opts, **_kw):  # the folder inference itself is tested in test_predict.py
-        seen["opts"] = opts
+    def fake_predict_folder(_model, opts, **kw):  # the folder inference itself is tested in test_predict.py
+        seen["opts"], seen["settings"] = opts, kw["settings"]
         return predict.Summary(predict.Shard(0, 1, "test"), total=0, status="complete")
 
     monkeypatch.setattr(predict, "predict_folder", fake_predict_folder)
     cfg = parse_config(["--eval", "folder", "--arch", "ocrnet.HRNet_w18s", "--eval_folder", str(tmp_path),
                         "--result_dir", str(tmp_path / "out"), "--device", "cpu", *extra])
     assert train.eval_folder(cfg) == 0
-    assert (seen["opts"].amp, seen["opts"].amp_dtype) == (amp, amp_dtype)
+    assert (seen["opts"].amp_opt_level, seen["opts"].amp_dtype) == (level, amp_dtype)
+    assert seen["settings"].half_model == (level == "O3")
+    assert seen["settings"].precision == amp_dtype

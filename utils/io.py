@@ -61,8 +61,9 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
-def ensure_output_dir(path: str | os.PathLike, flag: str = "--result_dir") -> bool:
-    """Create ``path`` if needed and check that files can be written in it; True if created here.
+def ensure_output_dir(path: str | os.PathLike, flag: str = "--result_dir") -> Path | None:
+    """Create ``path`` if needed and check that files can be written in it; returns the highest
+    directory created here (``path`` itself or one of its parents), None if ``path`` existed.
 
     Raises :class:`utils.errors.UserError` naming ``flag`` for a dangling symlink, a file in
     the way, a directory that cannot be created or is not writable (read-only, immutable).
@@ -75,7 +76,7 @@ def ensure_output_dir(path: str | os.PathLike, flag: str = "--result_dir") -> bo
                         f"target or pass another {flag}")
     if p.exists() and not p.is_dir():
         raise UserError(f"{flag} {p} is a file, not a directory: move it away or pass another {flag}")
-    created = not p.exists()
+    missing = [d for d in (p, *p.absolute().parents) if not d.exists()]
     try:
         p.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=p)
@@ -84,7 +85,21 @@ def ensure_output_dir(path: str | os.PathLike, flag: str = "--result_dir") -> bo
     except OSError as e:
         raise UserError(f"{flag} {p} cannot be created or written to ({e.strerror or e}): fix its "
                         f"permissions or pass another {flag}") from e
-    return created
+    return missing[-1] if missing else None
+
+
+def remove_created(path: str | os.PathLike, top: Path | None) -> None:
+    """Undo :func:`ensure_output_dir` for a run that could not start: ``path`` and its parents up to
+    ``top`` (what it created), each only while empty."""
+    if top is None:
+        return
+    for d in (Path(path).absolute(), *Path(path).absolute().parents):
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        if d == top.absolute():
+            return
 
 
 def _read_umask() -> int:
