@@ -434,6 +434,11 @@ def test_failed_run_creates_no_result_dir(tmp_path: Path) -> None:
     with pytest.raises(FolderError):
         predict_folder(CountingSeg(), opts_for(tmp_path / "empty", tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # before: an empty folder was left
+    with pytest.raises(FolderError):  # nor its parents (they were created, then only the leaf removed)
+        predict_folder(CountingSeg(), opts_for(tmp_path / "empty", tmp_path / "a" / "b" / "out"))
+    with pytest.raises(FolderError):
+        predict_folder(CountingSeg(), opts_for(tmp_path / "missing", tmp_path / "a" / "b" / "out"))
+    assert not (tmp_path / "a").exists()
 
 
 def test_dangling_symlink_result_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
