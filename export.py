@@ -28,8 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
       "omit for random weights (then --arch and --num_classes)")
     a("--num_classes", type=int, default=None, help="for checkpoints that do not record it")
     a("--out", required=True, help="ONNX file to write, e.g. model.onnx")
-    a("--scales", default=None, help="scales in the graph, e.g. 0.5,1.0 (must include 1.0); default 1.0")
-    a("--flip", action="store_true", help="average with the mirrored image inside the graph (2x the work)")
+    a("--scales", "--n_scales", dest="scales", default=None,
+      help="scales in the graph, e.g. 0.5,1.0 (must include 1.0); default: the scales the checkpoint was "
+           "validated with, else 0.5,1.0 for multi-scale models and 1.0 for single-scale ones")
+    a("--flip", "--do_flip", dest="flip", action="store_true",
+      help="average with the mirrored image inside the graph (2x the work)")
+    a("--trust_checkpoint", action="store_true", help="unpickle --snapshot fully (runs code from the file; "
+      "trusted files only)")
     a("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}: TensorRT 8.5+)")
     a("--check-images", "--check_images", dest="check_images", default=None,
       help="folder of images to compare onnxruntime with PyTorch on (default: generated scenes)")
@@ -45,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from deploy import onnx_export as ox
-    from deploy.meta import DeployError, load_model, parse_scales, seed_everything
+    from deploy.meta import DeployError, inference_settings, load_model, parse_scales, seed_everything
+    from inference.settings import is_multiscale
     from utils.io import atomic_path
 
     out = Path(args.out)
@@ -53,16 +59,19 @@ def run(args: argparse.Namespace) -> int:
         raise DeployError(f"--out {args.out}: name the file *.onnx")
     if not args.snapshot and not args.arch:
         raise DeployError("pass --snapshot (a trained checkpoint), or --arch for random weights")
-    spec = ox.ExportSpec(scales=parse_scales(args.scales), flip=args.flip, opset=args.opset)
     seed_everything(0)
-    model, info = load_model(args.snapshot, args.arch, args.num_classes, eval_scales=spec.scales)
+    model, info = load_model(args.snapshot, args.arch, args.num_classes, eval_scales=parse_scales(args.scales),
+                             trust=args.trust_checkpoint)
+    # the graph computes in float32 (deploy.quantize makes fp16 / int8 versions of it)
+    settings = inference_settings(info, is_multiscale(model), args.scales, flip=args.flip, precision="fp32")
+    spec = ox.ExportSpec(settings=settings.resolve("cpu"), opset=args.opset)
     images = (ox.folder_images(args.check_images, info, args.check_count, args.check_short_side or None)
               if args.check_images else ox.synthetic_images(info))
-    print(f"export: {info.arch}, {info.num_classes} classes, scales {spec.scales or (1.0,)}, flip {spec.flip}, "
-          f"opset {spec.opset} -> {out}", flush=True)
+    print(f"export: {info.arch}, {info.num_classes} classes, opset {spec.opset} -> {out}", flush=True)
+    print(f"export: inference: {spec.settings.describe()}", flush=True)
     with atomic_path(out) as tmp:
         ox.export(model, info, tmp, spec)
-        reference = ox.LogitsModel(model, spec.scales, spec.flip)  # the original model (compare: float64)
+        reference = ox.LogitsModel(model, spec.settings.scales, spec.settings.flip)  # original model (float64)
         rows = ox.compare(ox.session(tmp), reference, images)
         for r in rows:
             print(f"  {r.name} {r.size[0]}x{r.size[1]}: max |diff| {r.max_abs_diff:.3g} from float64 PyTorch "

@@ -4,7 +4,7 @@
     model = torch.hub.load("/path/to/checkout", "ocrnet_hrnet_mscale", source="local",
                            snapshot="best.safetensors")          # nn.Module, eval mode
     seg = torch.hub.load("/path/to/checkout", "segmenter", source="local",
-                         snapshot="best.pth", scales=(0.5, 1.0, 2.0), flip=True)
+                         snapshot="best.pth", flip=True)    # scales: the checkpoint's validated ones
     out = seg("street.jpg")                                      # deploy.Segmenter
 
 One entry point per registered architecture, named after it in lower case with ``.`` as
@@ -27,22 +27,27 @@ dependencies = ["torch", "timm", "numpy", "cv2", "PIL"]
 _HERE = str(Path(__file__).resolve().parent)
 sys.path.insert(0, _HERE)
 
-from deploy.meta import load_model  # noqa: E402  (needs the checkout on sys.path)
+from deploy.meta import inference_settings, load_model  # noqa: E402  (needs the checkout on sys.path)
 from deploy.segmenter import Segmenter  # noqa: E402
 from network import list_models  # noqa: E402
 
 
 def _entry(arch: str):
     def load(snapshot: str | None = None, num_classes: int | None = None,
-             eval_scales: tuple[float, ...] | None = (0.5, 1.0, 2.0)):
+             eval_scales: tuple[float, ...] | None = None):
         model, info = load_model(snapshot, arch, num_classes, eval_scales=eval_scales)
         setattr(model, "info", info)  # class names, colours, mean/std for the caller  # noqa: B010
+        settings = inference_settings(info, bool(getattr(model, "multiscale", False)), eval_scales)
+        setattr(model, "inference_settings", settings)  # noqa: B010
         return model
 
     load.__name__ = arch.replace(".", "_").lower()
     load.__doc__ = (f"{arch} in eval mode; ``snapshot``: local checkpoint (.pth/.safetensors), "
                     "None = random weights (then ``num_classes`` sets the class count, default 19). "
-                    "``model.info`` holds class names, colours and mean/std.")
+                    "``eval_scales``: what ``model(x)`` combines (default: the scales the checkpoint was "
+                    "validated with, else 0.5,1.0 for multi-scale models). ``model.info`` holds class names, "
+                    "colours and mean/std; ``model.inference_settings`` the one inference configuration "
+                    "(``network.predict(model, x, scales=..., flip=...)`` with it gives predict.py's logits).")
     return load
 
 
@@ -51,5 +56,6 @@ for _arch in list_models():
 
 
 def segmenter(snapshot: str, arch: str | None = None, num_classes: int | None = None, **kwargs) -> Segmenter:
-    """A :class:`deploy.Segmenter` for ``snapshot`` (kwargs: ``scales``, ``flip``, ``device``, ``short_side``)."""
+    """A :class:`deploy.Segmenter` for ``snapshot`` (kwargs: ``scales``, ``flip``, ``precision``, ``device``,
+    ``short_side``; defaults: the one inference configuration, as predict.py's)."""
     return Segmenter.from_checkpoint(snapshot, arch=arch, num_classes=num_classes, **kwargs)

@@ -138,7 +138,7 @@ def prepare_onnx(arch: str, precisions: list[str], size: tuple[int, int], scales
     """``{precision: onnx path}`` for one architecture: export, then fp16 / int8 from it."""
     import torch
 
-    from deploy.meta import model_info
+    from deploy.meta import inference_settings, model_info
     from deploy.onnx_export import ExportSpec, export, synthetic_images
     from deploy.quantize import build_variants
     from network import get_model
@@ -148,7 +148,8 @@ def prepare_onnx(arch: str, precisions: list[str], size: tuple[int, int], scales
     model = get_model(arch, num_classes=NUM_CLASSES).eval()
     src = workdir / f"{arch.replace('.', '_')}.onnx"
     start = time.perf_counter()
-    export(model, info, src, ExportSpec(scales=scales, example_size=size))
+    settings = inference_settings(info, bool(getattr(model, "multiscale", False)), scales, precision="fp32")
+    export(model, info, src, ExportSpec(settings=settings.resolve("cpu"), example_size=size))
     print(f"latency: exported {arch} in {time.perf_counter() - start:.0f} s", flush=True)
     calib = [x for _, x in synthetic_images(info, sizes=[size] * 4)] if "int8" in precisions else []
     wanted = [p for p in precisions if p in ("fp32", "fp16", "int8")]

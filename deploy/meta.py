@@ -9,11 +9,12 @@ for 19 classes, else ``class_0..`` in generated colours, ImageNet mean/std).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch.nn as nn
 
 from datasets.info import IMAGENET_MEAN, IMAGENET_STD
 from utils.errors import UserError
+
+if TYPE_CHECKING:
+    from inference.settings import InferenceSettings
 
 CLASSIFIER_KEY = "ocr.cls_head.weight"
 
@@ -47,6 +51,7 @@ class ModelInfo:
     bands: tuple[int, ...] | None = None
     ignore_index: int = 255
     source: str = "checkpoint dataset_info"
+    validated_scales: tuple[float, ...] | None = None  # the scales the checkpoint was validated with, if recorded
 
     @classmethod
     def from_dataset_info(cls, arch: str, info: Any, source: str) -> ModelInfo:
@@ -109,19 +114,37 @@ def model_info(ckpt: Mapping[str, Any], arch: str | None = None, num_classes: in
 
 
 def load_model(snapshot: str | Path | None, arch: str | None = None, num_classes: int | None = None,
-               eval_scales: Sequence[float] | None = (0.5, 1.0, 2.0)) -> tuple[nn.Module, ModelInfo]:
+               eval_scales: Sequence[float] | None = None, trust: bool = False) -> tuple[nn.Module, ModelInfo]:
     """The registered model with the snapshot's weights (strict), in eval mode, and its info.
 
     ``snapshot`` may be a project checkpoint, slim ``.safetensors`` weights or the reference's
     ``.pth``; ``None`` builds random weights (needs ``arch`` and ``num_classes``; demos only).
+    The model's own eval scales (``model(x)``) are ``eval_scales``, else the inference default
+    (:func:`inference_settings`: the checkpoint's validated scales, else the documented default).
     """
+    from inference.settings import is_multiscale, validated_scales
     from network.checkpoint import build_model, read_checkpoint
 
-    ckpt: dict[str, Any] = read_checkpoint(snapshot) if snapshot else {"num_classes": num_classes or 19}
+    ckpt: dict[str, Any] = read_checkpoint(snapshot, trust=trust) if snapshot else {"num_classes": num_classes or 19}
     info = model_info(ckpt, arch, num_classes)
-    model = build_model(info.arch, info.num_classes, ckpt if snapshot else None, trunk_weights=None,
-                        eval_scales=tuple(eval_scales) if eval_scales else None)
+    model = build_model(info.arch, info.num_classes, ckpt if snapshot else None, trunk_weights=None)
+    multiscale = is_multiscale(model)
+    info = dataclasses.replace(info, validated_scales=validated_scales(ckpt if snapshot else None, multiscale))
+    if multiscale:  # what model(x) combines in eval mode
+        scales = tuple(eval_scales) if eval_scales else inference_settings(info, multiscale).scales
+        setattr(model, "eval_scales", scales)  # noqa: B010 (an Mscale model's attribute; mypy sees nn.Module)
     return model.eval(), info
+
+
+def inference_settings(info: ModelInfo, multiscale: bool, scales: Sequence[float] | str | None = None,
+                       **fields: Any) -> InferenceSettings:
+    """The one inference configuration for a deployed model: ``scales`` as given, else the checkpoint's
+    validated ones, else the documented default; its normalisation; ``fields``: flip, precision,
+    short_side ... (``inference.settings.build_settings``)."""
+    from inference.settings import build_settings
+
+    return build_settings(multiscale=multiscale, scales=parse_scales(scales), validated=info.validated_scales,
+                          mean=info.mean, std=info.std, **fields)
 
 
 def parse_scales(text: str | Sequence[float] | None) -> tuple[float, ...] | None:

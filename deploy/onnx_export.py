@@ -44,6 +44,7 @@ import torch.nn as nn
 
 from deploy.meta import DeployError, ModelInfo
 from inference.defaults import SIZE_DIVISOR
+from inference.settings import InferenceSettings
 
 DEFAULT_OPSET = 17
 INPUT, OUTPUT = "image", "logits"
@@ -77,13 +78,21 @@ class LogitsModel(nn.Module):
 
 @dataclass
 class ExportSpec:
-    """What to export: scales (None = 1.0 only), flip averaging, opset, example input size."""
+    """What to export: the inference settings (scales and flip go into the graph; float32), opset,
+    example input size."""
 
-    scales: tuple[float, ...] | None = None
-    flip: bool = False
+    settings: InferenceSettings
     opset: int = DEFAULT_OPSET
     example_size: tuple[int, int] = (128, 256)
     min_side: int = 64  # smallest H/W the dynamic graph is guaranteed for (scale 0.5 -> 32 px)
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return self.settings.scales
+
+    @property
+    def flip(self) -> bool:
+        return self.settings.flip
 
 
 def export(model: nn.Module, info: ModelInfo, out: Path, spec: ExportSpec) -> LogitsModel:
@@ -127,7 +136,9 @@ def _quiet(*loggers: str) -> Iterator[None]:
 
 def _add_metadata(proto: Any, info: ModelInfo, spec: ExportSpec) -> None:
     meta = info.metadata()
-    meta.update(scales=json.dumps(list(spec.scales or (1.0,))), flip=json.dumps(spec.flip),
+    record = spec.settings.to_dict()
+    meta.update(scales=json.dumps(record["scales"]), flip=json.dumps(record["flip"]), precision=record["precision"],
+                inference=json.dumps(record),
                 input=f"{INPUT}: float32 (N, {info.in_channels}, H, W), (x / 255 - mean) / std per band",
                 output=f"{OUTPUT}: float32 (N, {info.num_classes}, H, W); argmax over axis 1 = class id",
                 input_size_rule=f"H and W multiples of {SIZE_DIVISOR}, each >= {spec.min_side}",

@@ -96,6 +96,23 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
+def carry_metadata(src: Path, dst: Path, precision: str) -> None:
+    """``src``'s metadata (classes, mean/std, the inference settings) in ``dst``, with its precision."""
+    import onnx
+
+    meta = read_metadata(src)
+    meta["precision"] = precision
+    if "inference" in meta:
+        meta["inference"] = json.dumps({**json.loads(meta["inference"]), "precision": precision,
+                                        "precision_rule": f"deploy.quantize {precision}"})
+    proto = onnx.load(str(dst))
+    del proto.metadata_props[:]
+    for key, value in sorted(meta.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(dst))
+
+
 def shape_nodes(graph: Any) -> set[str]:
     """Names of the nodes that compute sizes from ``Shape`` (e.g. ``floor(H * 0.5)`` of a scale).
 
@@ -183,6 +200,7 @@ def build_variants(src: Path, out_dir: Path, precisions: Sequence[str], calib: S
               flush=True)
         with atomic_path(dst) as tmp:
             (quantize_int8(src, tmp, calib) if p == "int8" else convert_fp16(src, tmp))
+            carry_metadata(src, tmp, p)
         out[p] = dst
     return out
 
@@ -249,6 +267,15 @@ def write_results(section: str, report: dict, rows: Sequence[Row], argv: Sequenc
     write_section(section, body, command="python -m deploy.quantize " + " ".join(argv))
 
 
+def settings_of(path: Path, short_side: int | None) -> dict[str, Any]:
+    """The inference settings an exported file was made with (its metadata), with the short side the
+    evaluation here resized to; older files without the record: their scales and flip."""
+    meta = read_metadata(path)
+    record = json.loads(meta["inference"]) if "inference" in meta else {
+        "scales": json.loads(meta.get("scales", "[1.0]")), "flip": json.loads(meta.get("flip", "false"))}
+    return {**record, "short_side": short_side or "original"}
+
+
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from utils.io import atomic_write_json
 
@@ -261,10 +288,14 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     info = info_from_onnx(src)
     out_dir = Path(args.out_dir) if args.out_dir else src.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    recorded = settings_of(src, args.short_side)
+    print(f"quantize: inference: scales {recorded['scales']}, flip {recorded['flip']} (in the graph), short side "
+          f"{recorded['short_side']}, mean {list(info.mean)} std {list(info.std)}", flush=True)
     calib = [x for _, x in folder_images(args.calib, info, args.calib_count, args.short_side)]
     samples = val_samples(args.dataset, args.dataset_root, args.split, args.val_count, info, args.short_side)
     rows = measure(build_variants(src, out_dir, precisions, calib), samples, info, args.repeats, args.threads)
-    report = {"onnx": str(src), "arch": info.arch, "dataset": args.dataset, "split": args.split,
+    report = {"onnx": str(src), "arch": info.arch, "inference": recorded,
+              "dataset": args.dataset, "split": args.split,
               "images": len(samples), "calibration_images": len(calib), "device": "cpu (onnxruntime)",
               "threads": args.threads or os.cpu_count(), "load_average_1min": os.getloadavg()[0],
               "rows": [asdict(r) for r in rows]}

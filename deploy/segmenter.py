@@ -17,6 +17,7 @@ flip) on the inference-prepared model (``network.optimize_for_inference``), the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from deploy.meta import ModelInfo, load_model, parse_scales
-from inference.defaults import SIZE_DIVISOR
+from deploy.meta import ModelInfo, inference_settings, load_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,24 +63,40 @@ class Segmentation:
 class Segmenter:
     """A trained model with its classes and preprocessing; ``seg(image)`` -> :class:`Segmentation`.
 
-    ``scales``: multi-scale inference (``None``: the model's own default, single scale for
-    ``ocrnet.HRNet*`` and 0.5,1,2 for Mscale models); ``flip``: average with the mirrored
-    image; ``short_side``: resize the shorter side to this before the model (``None``: the
-    image's size, rounded to a multiple of 32); the result is always at the input's size.
+    The inference configuration is the one every door uses (``inference/settings.py``):
+    ``scales`` as given, else the scales the checkpoint was validated with, else 0.5,1.0 for
+    multi-scale models and 1.0 for single-scale ones; ``flip``: average with the mirrored image;
+    ``precision``: ``auto`` (bf16 where the device computes it natively, fp16 on older GPUs, else
+    fp32), ``fp32``, ``bf16`` or ``fp16``; ``short_side``: resize the shorter side to this before
+    the model (``None``: the image's size, rounded to a multiple of 32); the result is always at the
+    input's size. ``seg.settings`` holds them resolved (``seg.settings.to_dict()`` to record them).
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, scales: Sequence[float] | str | None = None,
                  flip: bool = False, device: str | torch.device | None = None,
-                 short_side: int | None = None, optimize: bool = True) -> None:
+                 short_side: int | None = None, optimize: bool = True, precision: str = "auto") -> None:
+        from inference.settings import is_multiscale
         from network import optimize_for_inference
 
         self.info = info
-        self.scales = parse_scales(scales)
-        self.flip = flip
-        self.short_side = short_side
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.settings = inference_settings(info, is_multiscale(model), scales, flip=flip, precision=precision,
+                                           short_side=short_side).resolve(self.device)
+        log.info("Segmenter: inference: %s", self.settings.describe())
         model = model.eval().to(self.device)
         self.model = optimize_for_inference(model, channels_last=True) if optimize else model
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return self.settings.scales
+
+    @property
+    def flip(self) -> bool:
+        return self.settings.flip
+
+    @property
+    def short_side(self) -> int | None:
+        return self.settings.short_side
 
     @classmethod
     def from_checkpoint(cls, snapshot: str | Path, arch: str | None = None, num_classes: int | None = None,
@@ -106,12 +124,14 @@ class Segmenter:
         from network import predict
         from network.inference import to_input
         from network.ops import resize_to
+        from network.tiling import memory_plan
 
-        rgb = self.read(image)
+        rgb, st = self.read(image), self.settings
         x = self.preprocess(rgb).unsqueeze(0).to(self.device)
-        with torch.inference_mode():
-            out = predict(self.model, to_input(x, self.model), scales=self.scales, flip=self.flip)["pred"]
-            return resize_to(out.float(), rgb.shape[:2], getattr(self.model, "align_corners", False))
+        with torch.inference_mode(), st.run_precision.autocast():
+            out = predict(self.model, to_input(x, self.model), scales=st.scales, flip=st.flip,
+                          memory=memory_plan(self.device, st.memory_gb))["pred"]
+        return resize_to(out.float(), rgb.shape[:2], getattr(self.model, "align_corners", False))
 
     def read(self, image: str | Path | np.ndarray) -> np.ndarray:
         """An image path (decoded to RGB) or an ``(H, W[, C])`` array with the model's band count."""
@@ -132,5 +152,6 @@ class Segmenter:
         """Resize to the inference size (multiple of 32) and normalise with the checkpoint's mean/std."""
         from datasets.folder import inference_size, to_model_input
 
-        size = inference_size(rgb.shape[0], rgb.shape[1], self.short_side, SIZE_DIVISOR)
-        return to_model_input(rgb, size, self.info.mean, self.info.std)
+        st = self.settings
+        size = inference_size(rgb.shape[0], rgb.shape[1], st.short_side, st.size_divisor)
+        return to_model_input(rgb, size, st.mean, st.std)

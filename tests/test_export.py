@@ -63,6 +63,7 @@ def test_multiscale_export_agrees_at_other_sizes_and_carries_metadata(mscale_onn
     meta = read_metadata(mscale_onnx)
     assert json.loads(meta["class_names"]) == NAMES and json.loads(meta["palette"])[2] == [2, 4, 6]
     assert json.loads(meta["mean"]) == [0.45] * 3 and json.loads(meta["scales"]) == [0.5, 1.0]
+    assert meta["precision"] == "fp32" and json.loads(meta["inference"])["scales_from"] == "--n_scales"
     assert meta["arch"] == MSCALE and "32" in meta["input_size_rule"]
     proto = onnx.load(str(mscale_onnx))
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
@@ -184,3 +185,12 @@ def test_quantize_int8_fp16_report(mscale_onnx, synthetic_root, tmp_path, monkey
     ref, half = (session(p).run(["logits"], {"image": x})[0] for p in (mscale_onnx, tmp_path / "m.fp16.onnx"))
     assert half.shape == ref.shape and (half.argmax(1) == ref.argmax(1)).mean() > 0.95
     assert np.isfinite(half).all()
+    # the settings travel with every file and into the report (before: the int8/fp16 files had no metadata
+    # of their own, the report no scales)
+    from deploy.onnx_export import read_metadata
+
+    assert report["inference"]["scales"] == [0.5, 1.0] and report["inference"]["short_side"] == "original"
+    for precision in ("int8", "fp16"):
+        meta = read_metadata(tmp_path / f"m.{precision}.onnx")
+        assert meta["precision"] == precision and json.loads(meta["inference"])["precision"] == precision
+        assert json.loads(meta["mean"]) == [0.45] * 3
