@@ -283,7 +283,8 @@ def _load_snapshot(cfg: Config, net: nn.Module, info: DistInfo, path: str) -> di
     from network.checkpoint import loaded_fraction
 
     partial = cfg.model.snapshot_partial and cfg.eval.eval is None
-    ckpt = load_checkpoint(net, path, strict=not partial, trust=cfg.model.trust_checkpoint)
+    ckpt = load_checkpoint(net, path, strict=not partial, trust=cfg.model.trust_checkpoint,
+                           partial_flag=None if cfg.eval.eval else "--snapshot_partial")
     fit, total, share = loaded_fraction(net, ckpt)
     if fit == 0:
         raise CheckpointError(f"--snapshot {path}: no tensor fits {cfg.model.arch} (--arch); pass the checkpoint "

@@ -148,7 +148,7 @@ def _strip_module(key: str) -> str:
 
 
 def load_checkpoint(model: nn.Module, path_or_dict: str | Path | Mapping[str, Any],
-                    strict: bool = True, trust: bool = False) -> dict[str, Any]:
+                    strict: bool = True, trust: bool = False, partial_flag: str | None = None) -> dict[str, Any]:
     """Load weights into ``model`` and return the checkpoint dict.
 
     Accepts the project's checkpoints (``format: hmsa-ckpt/1``, weights under ``model``),
@@ -157,13 +157,15 @@ def load_checkpoint(model: nn.Module, path_or_dict: str | Path | Mapping[str, An
     mismatching keys. ``strict=False`` loads only the tensors whose name and shape fit
     (e.g. a trunk for fine-tuning with another class count) and warns about the rest;
     :func:`loaded_fraction` tells how much that was. ``trust``: see :func:`read_checkpoint`.
+    ``partial_flag``: the caller's flag for ``strict=False`` (``--snapshot_partial``), named in the
+    refusal; None where the program has none.
     """
     if isinstance(path_or_dict, Mapping):
         ckpt, where = dict(path_or_dict), "checkpoint dict"
     else:
         ckpt, where = read_checkpoint(path_or_dict, trust=trust), str(path_or_dict)
     state = extract_state_dict(ckpt, where)
-    _check_compatible(model, state, ckpt, where, strict)
+    _check_compatible(model, state, ckpt, where, strict, partial_flag)
     if strict:
         model.load_state_dict(state, strict=True)
     else:
@@ -207,7 +209,7 @@ def _load_fitting(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 
 
 def _check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], ckpt: Mapping[str, Any],
-                      where: str, strict: bool) -> None:
+                      where: str, strict: bool, partial_flag: str | None = None) -> None:
     own = model.state_dict()
     wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
              for k, v in state.items() if k in own and own[k].shape != v.shape]
@@ -220,18 +222,15 @@ def _check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], ckpt:
                       f"tensors not in the checkpoint, {len(unexpected)} unexpected "
                       f"(e.g. {(wrong + missing + unexpected)[:3]})", stacklevel=3)
         return
-    arch = getattr(model, "arch", type(model).__name__)
-    ncls = getattr(model, "num_classes", "?")
-    saved = f"arch={ckpt.get('arch', '?')}, num_classes={ckpt.get('num_classes', '?')}"
-    parts = [f"{where} does not fit model {arch} with num_classes={ncls} (checkpoint: {saved})."]
-    for label, keys in (("shape mismatches", wrong), ("missing keys", missing),
-                        ("unexpected keys", unexpected)):
-        if keys:
-            parts.append(f"{len(keys)} {label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}.")
-    parts.append("Use the checkpoint's --arch and class count (get_model(arch, num_classes)), or pass "
-                 "--snapshot_partial (strict=False) to load only the matching weights (e.g. a trunk for "
-                 "fine-tuning with another class count).")
-    raise CheckpointError(" ".join(parts))
+    arch, ncls = getattr(model, "arch", type(model).__name__), getattr(model, "num_classes", "?")
+    counts = ", ".join(f"{len(keys)} {label} (e.g. {keys[0]})" for label, keys in
+                       (("of another shape", wrong), ("missing", missing), ("unexpected", unexpected)) if keys)
+    saved = ckpt.get("arch")
+    fix = f"pass --arch {saved}" if saved and saved != arch else "pass the checkpoint's --arch"
+    also = f", or {partial_flag} to load only the tensors that fit (fine-tuning)" if partial_flag else ""
+    raise CheckpointError(f"{where} does not fit {arch} with {ncls} classes (checkpoint: arch {saved or '?'}, "
+                          f"{ckpt.get('num_classes', '?')} classes; tensors {counts}): {fix} and its class "
+                          f"count{also}")
 
 
 # ----------------------------------------------------------------------------- writing

@@ -494,3 +494,25 @@ def test_subdirs_chunk_dry_run_is_one_array_of_four_tasks(tmp_path: Path) -> Non
     for i, chunk in enumerate(("939-953", "954-968", "969-983", "984-986")):
         assert re.search(rf"^# {i} \S+ python predict.py .*--subdirs {chunk}$", done.stdout, re.M)
     assert not (tmp_path / "logs").exists()
+
+
+def test_predict_refusals_name_its_own_flags_in_one_short_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """predict.py's wrong-architecture refusal was 1.5 kB and named --snapshot_partial, a train.py flag;
+    its unsafe-pickle refusal named --trust_checkpoint, which predict.py did not have."""
+    import torch
+
+    from network import get_model
+
+    make_tree(tmp_path / "in", per_dir=1, dirs=("a",))
+    snap = tmp_path / "single.pth"
+    torch.save({"arch": "ocrnet.HRNet_w18s", "num_classes": 19,
+                "model": get_model("ocrnet.HRNet_w18s", num_classes=19, trunk_weights=None).state_dict()}, snap)
+    common = ["--eval_folder", str(tmp_path / "in"), "--result_dir", str(tmp_path / "out"), "--workers", "0"]
+    assert predict.main(["--arch", "ocrnet.HRNet_Mscale_w18s", "--snapshot", str(snap), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 600, err
+    assert "pass --arch ocrnet.HRNet_w18s" in err and "--snapshot_partial" not in err
+    torch.save({"model": {}, "note": Owner("h", 1, "r")}, tmp_path / "pickled.pth")  # a class outside the allow-list
+    assert predict.main(["--arch", "ocrnet.HRNet_w18s", "--snapshot", str(tmp_path / "pickled.pth"), *common]) == 2
+    assert "--trust_checkpoint" in capsys.readouterr().err
+    assert "--trust_checkpoint" in {s for a in predict.build_parser()._actions for s in a.option_strings}

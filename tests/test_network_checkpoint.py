@@ -111,7 +111,8 @@ def test_wrong_class_count_names_keys_and_fix(tmp_path):
         load_checkpoint(target, path)
     message = str(err.value)
     assert "ocr.cls_head.weight: checkpoint (5, 128, 1, 1) vs model (7, 128, 1, 1)" in message
-    assert str(path) in message and "num_classes=5" in message and "get_model" in message
+    assert str(path) in message and "5 classes" in message and "class count" in message
+    assert "\n" not in message and len(message) < 600  # one line (it listed 8 keys of each kind: 1.5 kB)
     assert torch.equal(target.ocr.cls_head.weight, before), "nothing is loaded on failure"
     with pytest.warns(UserWarning, match="skipped 4"):
         load_checkpoint(target, path, strict=False)
@@ -122,9 +123,9 @@ def test_other_architecture_fails_clearly(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "ckpt.pth"
     torch.save({"model": get_model("ocrnet.HRNet_w18s", NUM_CLASSES).state_dict()}, path)
-    with pytest.raises(CheckpointError, match="missing keys: scale_attn"):
+    with pytest.raises(CheckpointError, match=r"missing \(e.g. scale_attn"):
         load_checkpoint(get_model("ocrnet.HRNet_Mscale_w18s", NUM_CLASSES), path)
-    with pytest.raises(CheckpointError, match="shape mismatches"):
+    with pytest.raises(CheckpointError, match="tensors 42 of another shape"):
         load_checkpoint(get_model("ocrnet.HRNet_w18", NUM_CLASSES), path)
 
 
