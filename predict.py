@@ -5,11 +5,13 @@
 
 Outputs mirror the input tree under ``--result_dir``::
 
-    label/<rel>.png     train ids (uint8; rasters: label/<rel>.tif, GeoTIFF with a colour map)
+    label/<rel>.png     train ids (uint8 palette PNG in the class colours; read the ids with PIL,
+                        OpenCV expands palettes; rasters: label/<rel>.tif, GeoTIFF with a colour map)
     color/<rel>.png     colourised labels                    (not for rasters)
     overlay/<rel>.jpg   colours blended over the photo       (--overlay; not for rasters)
     prob/<rel>.npz      uint8 probabilities x 255, (K, H, W)  (--probs; rasters: prob/<rel>.tif)
     failures.csv, summary.json          merged view over every range/shard run into this folder
+                                        (with the pixel share of each class, by name)
     reports/failures<part>.csv, reports/summary<part>.json   one per --subdirs range and shard
     predict_manifest.json, .claims/     settings of the outputs (resolved; a resume with others is
                                         refused, naming them); images being worked on
@@ -23,9 +25,13 @@ claim files (utils/folderjob.py). Failures are recorded as they happen; a run's 
 ``--list_missing`` lists what is still missing or failed, without a model.
 
 Exit status: 0 done; 3 more than ``--max_fail_ratio`` of the shard's images failed
-(listed in the failures CSV); 2 bad arguments; 1 a full disk (named) or anything else;
+(listed in the failures CSV); 4 images left neither done nor failed (claimed by a process that is
+gone, no output: rerun); 2 bad arguments; 1 a full disk (named) or anything else;
 143 SIGTERM, 138 SIGUSR1 (the warning ``python -m sbatch`` jobs get before their time limit; the
 report says "interrupted", the job is requeued and resumes). ``--list_missing``: 0 nothing left, 1 otherwise.
+
+Progress: a bar on a terminal; without one (Slurm logs, runx), and with ``--no_progress``, a line
+on stdout every 30 s: images done/total, rate, ETA.
 
 Inference settings (scales, flip, precision, normalisation, short side, memory budget) are the one
 configuration of ``inference/settings.py``: ``--n_scales``, else the scales the checkpoint was validated
@@ -96,6 +102,8 @@ from utils.io import atomic_write_bytes, atomic_write_json, ensure_output_dir, r
 from utils.signals import STOP_SIGNALS, exit_on_signal
 
 EXIT_TOO_MANY_FAILURES = 3
+EXIT_INCOMPLETE = 4  # images left neither done nor failed (a claim whose owner died): rerun
+PROGRESS_EVERY_S = 30.0  # a progress line this often without a terminal (Slurm logs, runx)
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 MANIFEST = "predict_manifest.json"
 # settings that change the pixels of an output: a resume with other values would mix results
@@ -153,7 +161,8 @@ class PredictOptions:
     overwrite: bool = flag(False, "recompute everything instead of resuming")
     claim_timeout: float = flag(6 * 3600.0, "seconds after which a claim held by a process on another host "
                                 "counts as abandoned", check=positive)
-    progress: bool = flag(True, "show a progress bar", negate=True)
+    progress: bool = flag(True, "a progress bar on a terminal (without one, and with --no_progress: a line "
+                          "every 30 s on stdout)", negate=True)
     eval_memory_gb: float | None = flag(None, "memory budget in GB: scales that do not fit run in overlapping "
                                         "windows (none: free GPU memory; unlimited on the CPU)", check=positive)
     compile: bool = flag(False, "torch.compile the model (eager, with one line, if it cannot compile)")
@@ -172,8 +181,8 @@ class ModelChoice:
     eval: str = flag("folder", "accepted for the reference's command lines", choices=["folder"])
     fp16: bool = flag(False, "as train.py's --fp16 (O1: autocast in --amp_dtype), which is already the default")
     trust_checkpoint: bool = flag(False, "unpickle --snapshot fully (runs code from the file; trusted files only)")
-    list_missing: bool = flag(False, "print the images still missing or failed (status, path, reason) and exit; "
-                              "loads no model")
+    list_missing: bool = flag(False, "print the images still missing or failed (status, path, reason) and exit: "
+                              "0 when nothing is left, 1 otherwise; loads no model")
     device: str | None = flag(None, "auto, cpu, cuda or cuda:N; none: this process's GPU if any, else cpu")
 
 
@@ -196,10 +205,13 @@ class Summary:
     skipped: int = 0
     failed: int = 0
     elsewhere: int = 0  # claimed (or finished meanwhile) by another process on the same folder
+    in_progress: int = 0  # of those: still held by a live process when this run ended
+    unfinished: int = 0  # of those: neither done nor held nor recorded failed at the end (a dead claim)
     seconds: float = 0.0
     max_fail_ratio: float = 0.01
-    status: str = "running"  # then: complete, interrupted, crashed, disk full
+    status: str = "running"  # then: complete, incomplete, interrupted, crashed, disk full
     failures: list[tuple[str, str]] = field(default_factory=list)
+    class_pixels: dict[str, int] = field(default_factory=dict)  # predicted pixels per class name
 
     @property
     def fail_ratio(self) -> float:
@@ -213,18 +225,29 @@ class Summary:
     def ok(self) -> bool:
         return self.status == "complete" and self.fail_ratio <= self.max_fail_ratio
 
+    @property
+    def pixel_share(self) -> dict[str, float]:
+        """Share of the predicted pixels per class name, largest first (the images this run segmented)."""
+        total = sum(self.class_pixels.values()) or 1
+        return {k: v / total for k, v in sorted(self.class_pixels.items(), key=lambda kv: -kv[1]) if v}
+
     def line(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
         others = f", by other processes {self.elsewhere}" if self.elsewhere else ""
-        unstarted = f", NOT STARTED {self.not_started}" if self.status != "complete" else ""
+        if self.in_progress:
+            others += f" ({self.in_progress} still in progress there)"
+        unfinished = (f", UNFINISHED {self.unfinished} (claimed by a process that is gone, no output: rerun)"
+                      if self.unfinished else "")
+        unstarted = f", NOT STARTED {self.not_started}" if self.status not in ("complete", "incomplete") else ""
         return (f"shard {self.shard.index}/{self.shard.count} {self.status}: {self.total} images, done "
                 f"{self.done}, skipped {self.skipped}, failed {self.failed} ({self.fail_ratio:.2%}){others}"
-                f"{unstarted}, {self.seconds:.1f} s, {rate:.2f} images/s")
+                f"{unfinished}{unstarted}, {self.seconds:.1f} s, {rate:.2f} images/s")
 
     def record(self, owner: Owner, started: str) -> dict:
         """This run's entry in its part's report (``reports/summary<part>.json``)."""
         data = {k: v for k, v in asdict(self).items() if k not in ("failures", "shard")}
         data.update(shard=f"{self.shard.index}/{self.shard.count}", fail_ratio=self.fail_ratio, ok=self.ok,
+                    pixel_share={k: round(v, 6) for k, v in self.pixel_share.items()},
                     not_started=self.not_started, host=owner.host, pid=owner.pid, run_id=owner.run_id,
                     started=started, updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     images_per_s=self.done / self.seconds if self.seconds else 0.0)
@@ -504,7 +527,7 @@ def _write_photo_outputs(paths: dict[str, Path], label: np.ndarray, prob: np.nda
     """Write one image's outputs; the label goes last, so a crash leaves it missing (-> redone)."""
     import cv2
 
-    from utils.io import atomic_imwrite
+    from utils.io import atomic_imwrite, atomic_write_label_png
     from utils.vis import colorize, overlay
 
     color = colorize(label, palette) if "color" in paths or "overlay" in paths else None
@@ -519,7 +542,7 @@ def _write_photo_outputs(paths: dict[str, Path], label: np.ndarray, prob: np.nda
         buf = io.BytesIO()
         np.savez_compressed(buf, prob=prob, class_names=np.asarray(class_names))
         atomic_write_bytes(paths["prob"], buf.getvalue())
-    atomic_imwrite(paths["label"], label)
+    atomic_write_label_png(paths["label"], label, palette)  # class ids, shown in the class colours
 
 
 class _Run:
@@ -527,17 +550,19 @@ class _Run:
 
     def __init__(self, opts: PredictOptions, summary: Summary, palette: np.ndarray, class_names: Sequence[str],
                  items: Sequence[Item], claims: Claims, report: PartReport, settings: InferenceSettings) -> None:
-        from tqdm import tqdm
+        from utils.progress import CountProgress
 
         self.opts, self.summary, self.settings = opts, summary, settings
         self.palette, self.class_names = palette, class_names
         self.result_dir = Path(opts.result_dir)
         self.items = {it.rel: it for it in items}
         self.claims, self.report = claims, report
-        self.bar = tqdm(total=len(items), unit="img", dynamic_ncols=True, disable=not opts.progress,
-                        desc=f"predict {summary.shard.index}/{summary.shard.count}")
+        self.progress = CountProgress(len(items), f"predict {summary.shard.index}/{summary.shard.count}",
+                                      bar=opts.progress, every_s=PROGRESS_EVERY_S)
         self.writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict-write")
         self.pending: deque[tuple[str, Future]] = deque()
+        self.handed_over: list[str] = []  # images another process claimed (or finished) meanwhile
+        self.pixels = np.zeros(len(class_names), np.int64)
 
     def fail(self, rel: str, reason: str) -> None:
         self.summary.failed += 1
@@ -546,17 +571,20 @@ class _Run:
         label = expected_outputs(Path(), item, self.opts)["label"].as_posix()
         self.report.fail(rel, reason, label)  # recorded at once: a crash later keeps it
         self.claims.release(item.stem)
-        self.bar.set_postfix(failed=self.summary.failed, refresh=False)
-        self.bar.update(1)
+        self.progress.update(1, failed=self.summary.failed)
 
     def succeed(self, rel: str) -> None:
         self.summary.done += 1
         self.claims.release(self.items[rel].stem)
-        self.bar.update(1)
+        self.progress.update(1)
 
-    def elsewhere(self) -> None:
+    def elsewhere(self, rel: str) -> None:
         self.summary.elsewhere += 1
-        self.bar.update(1)
+        self.handed_over.append(rel)
+        self.progress.update(1)
+
+    def count_pixels(self, label: np.ndarray) -> None:
+        self.pixels += np.bincount(label.reshape(-1), minlength=len(self.pixels))[: len(self.pixels)]
 
     def submit_write(self, rel: str, fn, *args) -> None:
         self.pending.append((rel, self.writer.submit(fn, *args)))
@@ -580,8 +608,25 @@ class _Run:
                 self._collect_one()
         finally:
             self.writer.shutdown(wait=True)
-            self.bar.close()
+            self.progress.close()
             self.claims.release_all()
+            self.summary.class_pixels = {n: int(c) for n, c in zip(self.class_names, self.pixels, strict=True)}
+
+    def settle(self) -> None:
+        """The images handed to other processes: finished there, still held by a live one, recorded
+        failed, or none of these (a claim whose owner died or whose write failed): unfinished."""
+        failures: dict | None = None
+        for rel in self.handed_over:
+            item = self.items[rel]
+            if all(p.exists() for p in expected_outputs(self.result_dir, item, self.opts).values()):
+                continue
+            if self.claims.holder(item.stem) is not None:
+                self.summary.in_progress += 1
+                continue
+            failures = merged_failures(self.result_dir) if failures is None else failures
+            if rel not in failures:
+                self.summary.unfinished += 1
+        self.claims.sweep()  # claims a killed run left, also on images it finished
 
 
 
@@ -602,7 +647,7 @@ def _photo_batches(ds: torch.utils.data.Dataset, run: _Run, opts: PredictOptions
     buckets = SizeBuckets(opts.batch_size)
     for sample in loader:
         if sample.get("elsewhere"):
-            run.elsewhere()
+            run.elsewhere(sample["name"])
             continue
         if sample["error"]:
             run.fail(sample["name"], sample["error"])
@@ -623,6 +668,7 @@ def _run_photos(items: list[Item], logits_fn, run: _Run, opts: PredictOptions) -
         for sample, result in _infer_with_oom_fallback(logits_fn, batch, opts.probs, run):
             item = items[sample["index"]]
             label, prob = _resize_back(result[0], result[1], sample["size"])
+            run.count_pixels(label)
             original = sample["original"].numpy() if opts.overlay else None
             run.submit_write(item.rel, _write_photo_outputs, expected_outputs(run.result_dir, item, opts),
                              label, prob, original, run.palette, run.class_names)
@@ -690,7 +736,7 @@ def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, 
     for item in items:
         paths = expected_outputs(run.result_dir, item, opts)
         if not _claim_open(run.claims, item.stem, _recheck(run.result_dir, item, opts)):
-            run.elsewhere()
+            run.elsewhere(item.rel)
             continue
         for path in paths.values():  # a killed run's .<name>.*.tmp.tif; the claim makes the item ours
             remove_stale_temps(path)
@@ -764,7 +810,8 @@ def _execute(run: _Run, items: list[Item], logits_fn, num_classes: int, in_chann
         _run_photos([it for it in items if not it.raster], logits_fn, run, opts)
         _run_rasters([it for it in items if it.raster], logits_fn, run, opts, num_classes, in_channels)
         run.close()
-        summary.status = "complete"
+        run.settle()
+        summary.status = "incomplete" if summary.unfinished else "complete"
     except BaseException as e:
         summary.status = _status_of(e)
         with contextlib.suppress(Exception):
@@ -926,6 +973,15 @@ def _main(argv: Sequence[str]) -> int:
         opts = with_data_defaults(opts, info)
         summary = predict_folder(model.to(device), opts, palette=info.palette, class_names=info.class_names,
                                  device=device, settings=inference_settings(opts, model, validated))
+    return exit_status(summary, opts)
+
+
+def exit_status(summary: Summary, opts: PredictOptions) -> int:
+    """0 done; 4 images left neither done nor failed; 3 more than --max_fail_ratio failed (said why)."""
+    if summary.unfinished:
+        print(f"predict: {summary.unfinished} images were claimed by a process that is gone and have no output; "
+              f"rerun the same command to do them (predict.py --list_missing lists them)", file=sys.stderr)
+        return EXIT_INCOMPLETE
     if not summary.ok:
         print(f"predict: {summary.failed} of {summary.total} images failed ({summary.fail_ratio:.2%} > "
               f"--max_fail_ratio {opts.max_fail_ratio:.2%}); see {opts.result_dir}/failures.csv",

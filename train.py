@@ -676,7 +676,7 @@ def eval_folder(cfg: Config) -> int:
                                          device=device, settings=predict.inference_settings(opts, net, validated))
     except (predict.PredictError, ValueError) as err:
         raise ConfigError(f"--eval folder: {err}") from err
-    return 0 if summary.ok else predict.EXIT_TOO_MANY_FAILURES
+    return predict.exit_status(summary, opts)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -78,7 +78,9 @@ def test_predict_colours_with_the_dataset_palette(folder_run, tmp_path):
     out = tmp_path / "pred"
     assert predict(["--arch", "ocrnet.HRNet_w18s", "--snapshot", str(rd / "best.pth"), "--eval_folder",
                     str(root / "images" / "val"), "--result_dir", str(out), "--workers", "0", "--no_progress"]) == 0
-    label = cv2.imread(str(out / "label" / "val_000.png"), cv2.IMREAD_UNCHANGED)
+    from tests.test_predict import read_label
+
+    label = read_label(out / "label" / "val_000.png")
     color = cv2.imread(str(out / "color" / "val_000.png"))[..., ::-1]
     palette = np.array([c for _, c in CLASSES], np.uint8)
     assert label.max() < len(CLASSES) and (color == palette[label]).all()

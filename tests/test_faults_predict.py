@@ -308,6 +308,7 @@ def test_list_missing_reads_folder_and_reports_without_a_model(
     out = tmp_path / "out"
     predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, subdirs="a", max_fail_ratio=1.0))
     (out / "label" / "a" / "img0.png").unlink()
+    capsys.readouterr()  # the run's own progress lines
 
     def no_model(*_args, **_kwargs):
         raise AssertionError("--list_missing must not build or load a model")
@@ -516,3 +517,95 @@ def test_predict_refusals_name_its_own_flags_in_one_short_line(tmp_path: Path, c
     assert predict.main(["--arch", "ocrnet.HRNet_w18s", "--snapshot", str(tmp_path / "pickled.pth"), *common]) == 2
     assert "--trust_checkpoint" in capsys.readouterr().err
     assert "--trust_checkpoint" in {s for a in predict.build_parser()._actions for s in a.option_strings}
+
+
+# ---------------------------------------------------------------- issue 19: predict.py tells the truth
+
+
+def test_disk_full_while_claiming_hides_no_image_from_the_rerun(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while a claim was written left an empty claim file; a rerun within 60 s counted it as
+    held by another process, said "complete" and exited 0 with that image missing."""
+    import json as json_module
+
+    rels = make_tree(tmp_path / "in", per_dir=3, dirs=("a",))
+    real_dump, state = json_module.dump, {"claims": 0}
+
+    def dump(obj, fp, *args, **kwargs):
+        if isinstance(obj, dict) and "stem" in obj:
+            state["claims"] += 1
+            if state["claims"] == 2:  # the second claim: the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_dump(obj, fp, *args, **kwargs)
+
+    monkeypatch.setattr(json_module, "dump", dump)
+    out = tmp_path / "out"
+    with pytest.raises(OSError):
+        predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, batch_size=1))
+    monkeypatch.setattr(json_module, "dump", real_dump)
+    again = predict_folder(CountingSeg(), opts_for(tmp_path / "in", out, batch_size=1))
+    assert again.ok and again.elsewhere == 0
+    assert labels(out) == sorted(r.rsplit(".", 1)[0] + ".png" for r in rels)
+
+
+def test_an_image_left_undone_makes_the_run_fail(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A claim whose owner is gone without output (here: an empty claim file, as a crash between
+    creating and writing it leaves) must not end in "complete", exit 0."""
+    make_tree(tmp_path / "in", per_dir=2, dirs=("a",))
+    out = tmp_path / "out"
+    claims = Claims(out, Owner.this_process(), 3600)
+    claims.dir.mkdir(parents=True)
+    claims.path("a/img0").write_text("")  # fresh: within the grace of a claim being written
+    args = ["--arch", "ocrnet.HRNet_w18s", "--eval_folder", str(tmp_path / "in"), "--result_dir", str(out),
+            "--workers", "0", "--no_progress", "--device", "cpu", "--amp_dtype", "fp32"]
+    assert predict.main(args) == predict.EXIT_INCOMPLETE
+    err = capsys.readouterr().err
+    assert "incomplete" in err and "UNFINISHED 1" in err and "rerun" in err
+    summary = json.loads((out / "reports" / "summary.json").read_text())["runs"][-1]
+    assert summary["status"] == "incomplete" and not summary["ok"] and summary["unfinished"] == 1
+    old = claims.path("a/img0")
+    os.utime(old, (old.stat().st_atime - 60, old.stat().st_mtime - 60))  # its writer is long gone
+    assert predict.main(args) == 0
+    assert "done 1, skipped 1" in capsys.readouterr().err and not list(claims.dir.iterdir())
+
+
+def test_claims_a_killed_run_left_on_finished_images_are_cleared(tmp_path: Path) -> None:
+    """A run killed outright (SIGKILL) after writing an image's outputs, before releasing its claim, left
+    the claim in .claims/ for good: a rerun skips finished images and never touched it."""
+    rels = make_tree(tmp_path / "in", per_dir=2, dirs=("a",))
+    out = tmp_path / "out"
+    predict_folder(CountingSeg(), opts_for(tmp_path / "in", out))
+    dead = Claims(out, Owner(Owner.this_process().host, dead_pid(), "killed-run"), 3600)
+    assert dead.claim(rels[0].rsplit(".", 1)[0])
+    s = predict_folder(CountingSeg(), opts_for(tmp_path / "in", out))
+    assert s.skipped == len(rels) and s.ok
+    assert not list((out / ".claims").iterdir())
+
+
+def test_progress_lines_without_a_terminal_also_with_no_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """dump_folder.yml passes --no_progress: an 11-minute run printed two lines. Without a terminal
+    (Slurm logs, runx) progress lines go to stdout, as train.py's; --no_progress only drops the bar."""
+    monkeypatch.setattr(predict, "PROGRESS_EVERY_S", 0.0)
+    make_tree(tmp_path / "in", per_dir=3, dirs=("a",))
+    predict_folder(CountingSeg(), opts_for(tmp_path / "in", tmp_path / "out", batch_size=1, progress=False))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[predict 0/1]")]
+    assert len(lines) >= 3 and lines[-1].startswith("[predict 0/1] 3/3 images (100%), ")
+    assert "images/s, ETA" in lines[0]
+
+
+def test_reports_name_the_classes_and_labels_carry_the_palette(tmp_path: Path) -> None:
+    from PIL import Image
+
+    make_tree(tmp_path / "in", per_dir=2, dirs=("a",))
+    out = tmp_path / "out"
+    names = ["road", "sky", "car", "tree", "person"]
+    palette = np.array([[128, 64, 128], [70, 130, 180], [0, 0, 142], [107, 142, 35], [220, 20, 60]], np.uint8)
+    predict_folder(CountingSeg(), opts_for(tmp_path / "in", out), palette=palette, class_names=names)
+    share = json.loads((out / "summary.json").read_text())["pixel_share"]
+    assert set(share) <= set(names) and share and abs(sum(share.values()) - 1.0) < 1e-4
+    run = json.loads((out / "reports" / "summary.json").read_text())["runs"][-1]
+    assert run["pixel_share"] == pytest.approx(share) and sum(run["class_pixels"].values()) > 0
+    label = Image.open(next((out / "label").rglob("*.png")))
+    assert label.mode == "P" and label.getpalette()[:15] == palette.reshape(-1).tolist()
+    assert set(np.unique(np.asarray(label)).tolist()) <= set(range(5))  # the values are the class ids

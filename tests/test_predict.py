@@ -82,6 +82,13 @@ def opts_for(src: Path, out: Path, **kw) -> PredictOptions:
     return PredictOptions(eval_folder=str(src), result_dir=str(out), **base)
 
 
+def read_label(path: Path) -> np.ndarray:
+    """A label PNG's class ids (palette PNGs: OpenCV would expand them to the palette's colours)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
 def labels(out: Path) -> list[str]:
     return sorted(p.relative_to(out / "label").as_posix() for p in (out / "label").rglob("*.png"))
 
@@ -147,7 +154,7 @@ def test_outputs_have_original_sizes_and_consistent_content(tmp_path: Path) -> N
     for rel in rels:
         h, w = cv2.imread(str(tmp_path / "in" / rel)).shape[:2]
         stem = rel.rsplit(".", 1)[0]
-        label = cv2.imread(str(out / "label" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        label = read_label(out / "label" / f"{stem}.png")
         color = cv2.imread(str(out / "color" / f"{stem}.png"))
         overlay = cv2.imread(str(out / "overlay" / f"{stem}.jpg"))
         prob = np.load(out / "prob" / f"{stem}.npz")["prob"]

@@ -38,6 +38,7 @@ from utils.io import atomic_write_json, atomic_write_text
 CLAIMS = ".claims"
 REPORTS = "reports"
 MAX_RUNS_KEPT = 20  # per part: the history of runs in its summary
+UNREADABLE_GRACE_S = 5.0  # an empty or unreadable claim older than this has no owner (its writer died)
 
 
 def part_suffix(subdirs: str | None, shard_suffix: str) -> str:
@@ -100,9 +101,14 @@ class Claims:
                 if not self._remove_if_stale(path):
                     return False
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"host": self.owner.host, "pid": self.owner.pid, "run": self.owner.run_id,
-                           "stem": stem}, f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"host": self.owner.host, "pid": self.owner.pid, "run": self.owner.run_id,
+                               "stem": stem}, f)
+            except BaseException:  # e.g. a full disk: an empty claim would hide the image from the next run
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise
             return True
         return False
 
@@ -116,6 +122,23 @@ class Claims:
             if (_read_json(path) or {}).get("run") == self.owner.run_id:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+    def sweep(self) -> int:
+        """Remove every stale claim (a dead owner on this host, a timed-out one elsewhere, an unreadable
+        one past its grace) and the leftovers of take-overs; returns how many. A run killed outright
+        (SIGKILL) leaves its claims behind, also on images it finished: the next run clears them here."""
+        removed = 0
+        for path in sorted(self.dir.glob("*.claim*")) if self.dir.is_dir() else ():
+            if ".stale" in path.name:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            held = _read_json(path)
+            if held is not None and held.get("run") == self.owner.run_id:
+                continue
+            if self._remove_if_stale(path):
+                removed += 1
+        return removed
 
     def holder(self, stem: str) -> dict | None:
         """Who holds ``stem`` now; ``None`` also when the claim is stale (its process is gone)."""
@@ -133,8 +156,8 @@ class Claims:
         except FileNotFoundError:
             return True  # released meanwhile: try again
         held = _read_json(path)
-        if held is None and age < 60:
-            return False  # being written right now
+        if held is None and age < UNREADABLE_GRACE_S:
+            return False  # being written right now (create and write are microseconds apart)
         if held is not None and not self._is_stale(held, age):
             return False
         # rename first: of two processes taking over one stale claim, only one rename succeeds
@@ -143,7 +166,8 @@ class Claims:
             os.rename(path, grave)
         except FileNotFoundError:
             return True
-        grave.unlink()
+        with contextlib.suppress(FileNotFoundError):  # a sweep may have removed the grave already
+            grave.unlink()
         return True
 
     def _is_stale(self, held: dict, age: float) -> bool:
@@ -334,8 +358,21 @@ def write_merged_view(result_dir: Path, final: bool) -> None:
     atomic_write_text(result_dir / "failures.csv", failures_text(rows))
     bad = sorted(name for name, p in parts.items() if not p["ok"])
     atomic_write_json(result_dir / "summary.json", {
-        "ok": not bad, "failed": len(rows), "parts_not_ok": bad, "parts": parts,
-        "note": "merged over reports/summary*.json: per part its latest finished run and the runs going on"})
+        "ok": not bad, "failed": len(rows), "parts_not_ok": bad, "pixel_share": merged_pixel_share(result_dir),
+        "parts": parts,
+        "note": "merged over reports/summary*.json: per part its latest finished run and the runs going on; "
+                "pixel_share: predicted pixels per class name over the images every recorded run segmented"})
+
+
+def merged_pixel_share(result_dir: Path) -> dict[str, float]:
+    """Share of the predicted pixels per class name, summed over every recorded run of every part."""
+    counts: dict[str, int] = {}
+    for path in (result_dir / REPORTS).glob("summary*.json"):
+        for run in (_read_json(path) or {}).get("runs", []):
+            for name, n in (run.get("class_pixels") or {}).items():
+                counts[name] = counts.get(name, 0) + int(n)
+    total = sum(counts.values()) or 1
+    return {k: round(v / total, 6) for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v}
 
 
 def print_unwritten(rows: Iterable[tuple[str, str]], file: TextIO) -> None:

@@ -9,6 +9,7 @@ any point leaves either the previous file or the new one, never a mix.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -186,3 +187,18 @@ def atomic_imwrite(dest: str | os.PathLike, image: np.ndarray, params: list[int]
     if not ok:
         raise OSError(f"OpenCV could not encode an image as {ext!r} for {dest}")
     atomic_write_bytes(dest, buf.tobytes())
+
+
+def atomic_write_label_png(dest: str | os.PathLike, label: np.ndarray, palette: np.ndarray) -> None:
+    """``label`` (uint8 class ids) as a palette PNG: the pixel values stay the ids (PIL's
+    ``np.asarray(Image.open(p))``), image viewers show the classes in ``palette``'s colours
+    (``(K, 3)`` uint8 RGB). OpenCV's ``imread`` expands palette PNGs to colour: read ids with PIL."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8), mode="P")
+    colours = np.zeros((256, 3), np.uint8)
+    colours[: min(256, len(palette))] = np.asarray(palette, np.uint8).reshape(-1, 3)[:256]
+    img.putpalette(colours.reshape(-1).tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    atomic_write_bytes(dest, buf.getvalue())

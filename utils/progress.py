@@ -112,3 +112,48 @@ def progress_iter(items: Iterable[T], desc: str, total: int | None = None, *, en
             last = now
             print(f"[{desc}] {n}{of} batches, {format_duration(now - t0)} elapsed", flush=True)
     print(f"[{desc}] {n}{of} batches in {format_duration(time.monotonic() - t0)}", flush=True)
+
+
+class CountProgress:
+    """Progress over a known number of items (``predict.py``'s images).
+
+    A tqdm bar on a terminal when ``bar`` is true; otherwise (Slurm logs, runx, or ``--no_progress``)
+    a flushed stdout line at most every ``every_s`` seconds and one at the end, as train.py does:
+    ``[predict] 120/5000 images (2%), 3.20 images/s, ETA 0:25:03``.
+    """
+
+    def __init__(self, total: int, desc: str, *, bar: bool = True, tty: bool | None = None,
+                 every_s: float = 30.0, clock: Any = time.monotonic, unit: str = "images") -> None:
+        self.total, self.desc, self.unit, self.every_s, self.clock = total, desc, unit, every_s, clock
+        self.n = 0
+        self.t0 = self.last = clock()
+        self.bar = None
+        if bar and (stderr_is_tty() if tty is None else tty):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, desc=desc)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        self.n += n
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix(refresh=False, **postfix)
+            self.bar.update(n)
+            return
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            print(self.line(now), flush=True)
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = (self.clock() if now is None else now) - self.t0
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        eta = format_duration((self.total - self.n) / rate) if rate > 0 else "?"
+        pct = 100.0 * self.n / max(self.total, 1)
+        return f"[{self.desc}] {self.n}/{self.total} {self.unit} ({pct:.0f}%), {rate:.2f} {self.unit}/s, ETA {eta}"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.total:
+            print(self.line(), flush=True)
