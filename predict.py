@@ -776,17 +776,22 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
     print(f"predict: shard {shard_.index}/{shard_.count} ({shard_.source}): {summary.total} images, "
           f"{skipped} already complete, {len(items)} to do", file=sys.stderr)
     print(f"predict: inference: {settings.describe()}", file=sys.stderr)
-    from network import optimize_for_inference
-
-    half = settings.run_precision.dtype if settings.run_precision.half_model else None  # O3
-    prepared = optimize_for_inference(model, compile=opts.compile, dtype=half)  # folded BN, channels_last; a copy
     owner, started = Owner.this_process(), time.strftime("%Y-%m-%dT%H:%M:%S")
     report = PartReport(opts.result_dir, part_suffix(opts.subdirs, shard_.suffix), owner,
                         lambda: summary.record(owner, started))
     run = _Run(opts, summary, palette, class_names, items, Claims(opts.result_dir, owner, opts.claim_timeout),
                report, settings)
-    _execute(run, items, _logits_fn(prepared, device, settings), num_classes, int(getattr(model, "in_channels", 3)))
+    _execute(run, items, lambda: _prepare(model, device, settings, opts.compile), num_classes,
+             int(getattr(model, "in_channels", 3)))
     return summary
+
+
+def _prepare(model: nn.Module, device: torch.device, settings: InferenceSettings, compile: bool):
+    """The logits function on the inference-prepared copy (folded BN, channels_last; O3: half weights)."""
+    from network import optimize_for_inference
+
+    half = settings.run_precision.dtype if settings.run_precision.half_model else None
+    return _logits_fn(optimize_for_inference(model, compile=compile, dtype=half), device, settings)
 
 
 def _start(opts: PredictOptions, shard_: Shard, num_classes: int, settings: InferenceSettings,
@@ -802,11 +807,13 @@ def _start(opts: PredictOptions, shard_: Shard, num_classes: int, settings: Infe
     return items, skipped
 
 
-def _execute(run: _Run, items: list[Item], logits_fn, num_classes: int, in_channels: int) -> None:
-    """Every image of ``items``; the report's status says how the run ended, whatever ends it."""
+def _execute(run: _Run, items: list[Item], prepare, num_classes: int, in_channels: int) -> None:
+    """Prepare the model, then every image of ``items``; the report's status says how the run ended,
+    whatever ends it (a SIGTERM while the model is prepared too: "interrupted", nothing started)."""
     summary, opts, start = run.summary, run.opts, time.perf_counter()
     try:
         run.report.write()  # "running": a run killed with SIGKILL is not mistaken for a finished one
+        logits_fn = prepare()
         _run_photos([it for it in items if not it.raster], logits_fn, run, opts)
         _run_rasters([it for it in items if it.raster], logits_fn, run, opts, num_classes, in_channels)
         run.close()
@@ -950,6 +957,18 @@ def list_missing(opts: PredictOptions, out: TextIO | None = None) -> int:
     return 1 if todo else 0
 
 
+@contextlib.contextmanager
+def _said_if_stopped(when: str) -> Iterator[None]:
+    """A stop signal (``exit_on_signal``'s SystemExit) before the report exists is said in one line."""
+    try:
+        yield
+    except SystemExit as e:
+        if e.code in {128 + int(s) for s in STOP_SIGNALS}:
+            print(f"predict.py: stopped by signal {int(e.code) - 128} {when}: nothing written; rerun the same "
+                  f"command; exit {e.code}", file=sys.stderr, flush=True)
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status per utils/errors.py: user errors one line + 2, a full disk named + 1, 3 too many failures."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -968,8 +987,9 @@ def _main(argv: Sequence[str]) -> int:
             raise PredictError("--arch is required (only --list_missing runs without a model)")
         check_options(opts)  # bad flag combinations are named before the model is built
         device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
-        model, info, validated = load_model(args.arch, args.snapshot, dataset=args.dataset,
-                                            num_classes=args.num_classes, trust=args.trust_checkpoint)
+        with _said_if_stopped("while loading the model, before any image"):
+            model, info, validated = load_model(args.arch, args.snapshot, dataset=args.dataset,
+                                                num_classes=args.num_classes, trust=args.trust_checkpoint)
         opts = with_data_defaults(opts, info)
         summary = predict_folder(model.to(device), opts, palette=info.palette, class_names=info.class_names,
                                  device=device, settings=inference_settings(opts, model, validated))

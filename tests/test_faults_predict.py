@@ -609,3 +609,42 @@ def test_reports_name_the_classes_and_labels_carry_the_palette(tmp_path: Path) -
     label = Image.open(next((out / "label").rglob("*.png")))
     assert label.mode == "P" and label.getpalette()[:15] == palette.reshape(-1).tolist()
     assert set(np.unique(np.asarray(label)).tolist()) <= set(range(5))  # the values are the class ids
+
+
+def test_sigterm_while_the_model_is_prepared_is_reported_interrupted(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGTERM while the inference copy of the model was prepared (conv+BN folding, compile) ended
+    with 143 and no report at all."""
+    import network
+    from datasets.info import DatasetInfo
+
+    def prepared_when_stopped(*_a, **_k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop the run")
+
+    make_tree(tmp_path / "in", per_dir=2, dirs=("a",))
+    out = tmp_path / "out"
+    monkeypatch.setattr(predict, "load_model",
+                        lambda *_a, **_k: predict.LoadedModel(CountingSeg(), DatasetInfo.generic(5)))
+    monkeypatch.setattr(network, "optimize_for_inference", prepared_when_stopped)
+    with pytest.raises(SystemExit) as stopped:
+        predict.main(["--arch", "ocrnet.HRNet_w18s", "--eval_folder", str(tmp_path / "in"), "--result_dir", str(out),
+                      "--workers", "0", "--no_progress", "--device", "cpu"])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    run = json.loads((out / "reports" / "summary.json").read_text())["runs"][-1]
+    assert run["status"] == "interrupted" and not run["ok"] and run["not_started"] == 2
+
+
+def test_sigterm_while_loading_the_model_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    def loading_when_stopped(*_a, **_k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop the run")
+
+    make_tree(tmp_path / "in", per_dir=1, dirs=("a",))
+    monkeypatch.setattr(predict, "load_model", loading_when_stopped)
+    with pytest.raises(SystemExit) as stopped:
+        predict.main(["--arch", "ocrnet.HRNet_w18s", "--eval_folder", str(tmp_path / "in"), "--result_dir",
+                      str(tmp_path / "out"), "--workers", "0"])
+    assert stopped.value.code == 143 and not (tmp_path / "out").exists()
+    assert "stopped by signal 15 while loading the model, before any image: nothing written" in capsys.readouterr().err
