@@ -78,18 +78,21 @@ def discover_images(root: str | os.PathLike, subdirs: str | None = None,
     Extensions match case-insensitively; hidden files and directories (``.name``,
     e.g. temporary files of an interrupted copy) are skipped. ``subdirs`` (see
     :func:`parse_subdirs`) keeps only the matching top-level subdirectories; files
-    directly in ``root`` are then excluded.
+    directly in ``root`` are then excluded. Each real file is listed once, under its real path
+    when that is inside ``root``: a symlink to a file or directory of the tree (an alias, or a
+    loop) adds nothing; links to files and directories outside the tree are listed as links.
     """
     root = Path(root)
     if not root.is_dir():
         raise FolderError(f"--eval_folder {str(root)!r} is not a directory")
     exts = tuple(e.lower() for e in extensions)
     selection = parse_subdirs(subdirs)
-    found: list[str] = []
+    real_root = root.resolve()
+    found: dict[str, str] = {}  # real path -> the relative path it is listed under
     seen: set[tuple[int, int]] = set()  # (device, inode) of every directory walked
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         rel_dir = Path(dirpath).relative_to(root)
-        if not _first_visit(dirpath, seen):  # a symlink loop, or a second link to one directory
+        if not _walk_here(Path(dirpath), rel_dir, real_root, selection, seen):
             dirnames[:] = []
             continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # the same walk on every host
@@ -98,12 +101,44 @@ def discover_images(root: str | os.PathLike, subdirs: str | None = None,
             continue
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(exts):
-                found.append((rel_dir / name).as_posix())
-    found.sort()
+                _keep(found, (rel_dir / name).as_posix(), root, real_root)
     if not found:
         where = f" in subdirectories {subdirs!r}" if subdirs else ""
         raise FolderError(f"no images ({', '.join(exts)}) found under {str(root)!r}{where}")
-    return found
+    return sorted(found.values())
+
+
+def _real_rel(path: Path, real_root: Path) -> str | None:
+    """``path``'s real location relative to ``real_root``, or None when it lies outside."""
+    try:
+        return Path(os.path.realpath(path)).relative_to(real_root).as_posix()
+    except ValueError:
+        return None
+
+
+def _walked(rel: str, selection: Sequence[tuple[int, int] | str] | None) -> bool:
+    """Whether the walk reaches the directory ``rel`` (relative to the root) under its own path."""
+    parts = Path(rel).parts
+    if any(p.startswith(".") for p in parts):
+        return False
+    return selection is None or not parts or _subdir_selected(parts[0], selection)
+
+
+def _walk_here(dirpath: Path, rel_dir: Path, real_root: Path, selection: Sequence[tuple[int, int] | str] | None,
+               seen: set[tuple[int, int]]) -> bool:
+    """Walk this directory unless it is an alias (or a loop) of one walked under its real path, or a
+    second link to a directory outside the tree."""
+    real = _real_rel(dirpath, real_root)
+    if real is not None and real != rel_dir.as_posix() and _walked(real, selection):
+        return False
+    return _first_visit(str(dirpath), seen)
+
+
+def _keep(found: dict[str, str], rel: str, root: Path, real_root: Path) -> None:
+    """List ``rel`` once per real file: under the real path when it is one of the names found."""
+    real = os.path.realpath(root / rel)
+    if real not in found or _real_rel(root / rel, real_root) == rel:
+        found[real] = rel
 
 
 def _first_visit(dirpath: str, seen: set[tuple[int, int]]) -> bool:

@@ -65,6 +65,23 @@ def test_symlink_loops_visit_each_real_directory_once(tmp_path: Path, loops: int
     assert found == discover_images(tmp_path)  # the same order on every host and call
 
 
+def test_each_real_file_once_under_its_real_path(tmp_path: Path) -> None:
+    """A symlinked file was segmented twice, and a directory reached first through an alias (sorted
+    before it) had its images written under the alias."""
+    rels = make_tree(tmp_path / "in", per_dir=2, dirs=("b", "c"))
+    (tmp_path / "in" / "b" / "again.jpg").symlink_to("img0.jpg")  # the same file twice in one folder
+    (tmp_path / "in" / "a_alias").symlink_to("c")  # sorted (and walked) before c
+    outside = tmp_path / "elsewhere"
+    make_tree(outside, per_dir=1, dirs=("x",))
+    (tmp_path / "in" / "linked").symlink_to(outside / "x")  # outside the tree: listed as the link
+    found = discover_images(tmp_path / "in")
+    assert found == sorted([*rels, "linked/img0.jpg"]), found
+    model = CountingSeg()
+    s = predict_folder(model, opts_for(tmp_path / "in", tmp_path / "out"))
+    assert model.seen == s.done == len(rels) + 1
+    assert labels(tmp_path / "out") == sorted(r.rsplit(".", 1)[0] + ".png" for r in [*rels, "linked/img0.jpg"])
+
+
 # ---------------------------------------------------------------- 7: 16-bit photos
 
 
