@@ -151,9 +151,12 @@ def parse_scales(text: str | Sequence[float] | None) -> tuple[float, ...] | None
     """``"0.5,1.0"`` -> ``(0.5, 1.0)``; ``None``/``""`` -> ``None``. Raises ValueError naming the problem."""
     if text is None or text == "":
         return None
+    from inference.defaults import scales_problem
+
     values = tuple(float(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip())
-    if 1.0 not in values or any(v <= 0 for v in values) or len(set(values)) != len(values):
-        raise DeployError(f"scales {values}: need distinct positive values including 1.0, e.g. 0.5,1.0")
+    problem = scales_problem(values)
+    if problem:
+        raise DeployError(f"--scales {','.join(f'{v:g}' for v in values)}: {problem}")
     return tuple(sorted(values))
 
 
