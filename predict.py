@@ -748,7 +748,17 @@ def _run_rasters(items: list[Item], logits_fn, run: _Run, opts: PredictOptions, 
                 raise
             run.fail(item.rel, f"raster: {e}")  # unreadable/corrupt file, or bands it does not have
         else:
+            _count_raster_pixels(run, paths["label"])
             run.succeed(item.rel)
+
+
+def _count_raster_pixels(run: _Run, label_path: Path) -> None:
+    """The classes of a finished label raster, block by block (255 = nodata is not a class)."""
+    import rasterio
+
+    with rasterio.open(label_path) as src:
+        for _, window in src.block_windows(1):
+            run.count_pixels(src.read(1, window=window))
 
 
 def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarray | None = None,

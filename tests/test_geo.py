@@ -88,6 +88,8 @@ def test_geotiff_in_geotiff_out_keeps_crs_transform_size_and_nodata(tmp_path: Pa
         assert [lab.colormap(1)[i][:3] for i in range(K)] == [tuple(c) for c in default_palette(K).tolist()]
         label = lab.read(1)
     assert (label[:10, :20] == 255).all() and (label[10:, 20:] < K).all()
+    counted = sum(s.class_pixels.values())  # the report's classes: every labelled pixel, nodata not a class
+    assert counted == int((label < K).sum()) == 70 * 90 - 10 * 20
     again = predict_folder(ConvSeg(), opts)  # resumable like photos
     assert (again.done, again.skipped) == (0, 1)
     good = (tmp_path / "in" / "tiles" / "scene.tif").read_bytes()

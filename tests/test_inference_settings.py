@@ -73,3 +73,10 @@ def test_help_shows_the_real_defaults(prog):
     assert "default: None" not in text
     amp = text[text.index("--amp_dtype {auto,fp32,bf16,fp16} "):][:500]
     assert "bf16 autocast where the device computes bf16 natively" in amp and "(default: auto)" in amp
+
+
+def test_list_missing_exit_code_is_in_the_help():
+    import predict
+
+    text = re.sub(r"\s+", " ", predict.build_parser().format_help())
+    assert "0 when nothing is left, 1 otherwise" in text[text.index("--list_missing "):][:300]
