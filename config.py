@@ -100,7 +100,10 @@ def rgb_triple(value: tuple[float, ...]) -> str | None:
 class ModelConfig:
     arch: str = _f("ocrnet.HRNet_Mscale", "architecture, by its reference name", check=known_arch)
     trunk: str = _f("hrnetv2", "recorded only: the trunk is fixed by --arch")
-    trunk_weights: str | None = _f(None, "ImageNet trunk weights (local file)")
+    trunk_weights: str | None = _f(None, "ImageNet trunk weights (local file): HRNet's, or the timm model's own "
+                                   "checkpoint (.pth/.safetensors) for ocrnet.timm.* architectures")
+    trunk_weights_partial: bool = _f(False, "load the --trunk_weights tensors that fit and report the share "
+                                     "(default: any misfit is refused)")
     snapshot: str | None = _f(None, "weights to start from (may contain ASSETS_PATH)")
     snapshot_partial: bool = _f(False, "training: load only the --snapshot tensors whose name and shape fit")
     trust_checkpoint: bool = _f(False, "unpickle checkpoints fully (runs code from the file; trusted files only)")
@@ -485,6 +488,7 @@ def validate(cfg: Config) -> None:
 RESUME_LENGTH = frozenset({"max_epoch", "max_iter"})
 RESUME_SAFE = RESUME_LENGTH | frozenset({
     "result_dir", "resume", "snapshot", "snapshot_partial", "trust_checkpoint", "assets_path", "trunk_weights",
+    "trunk_weights_partial",
     "trunk", "debug", "local_rank", "device", "dataset_root", "centroid_cache", "num_workers", "bs_val",
     "val_freq", "ckpt_freq", "log_freq", "eval", "eval_folder", "n_scales", "do_flip", "dump_assets",
     "dump_all_images", "dump_num_images", "subdirs", "shard", "infer_short_side", "probs",

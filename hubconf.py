@@ -7,12 +7,14 @@
                          snapshot="best.pth", flip=True)    # scales: the checkpoint's validated ones
     out = seg("street.jpg")                                      # deploy.Segmenter
 
-One entry point per registered architecture, named after it in lower case with ``.`` as
-``_`` (``ocrnet.HRNet_Mscale_w18s`` -> ``ocrnet_hrnet_mscale_w18s``); ``torch.hub.list``
-shows them. No weights are downloaded: ``snapshot`` is a local file (project checkpoint,
-slim ``.safetensors``, or the reference's published ``.pth``); without it the weights are
-random. The checkout stays on ``sys.path`` after loading, because the project's modules
-import their siblings lazily (``import network``, ``import datasets``).
+``ocrnet(arch=..., snapshot=...)`` takes any architecture name, ``ocrnet.timm.*`` included
+(the checkpoint's own when ``arch`` is omitted). One entry point per registered architecture,
+named after it in lower case with ``.`` as ``_`` (``ocrnet.HRNet_Mscale_w18s`` ->
+``ocrnet_hrnet_mscale_w18s``); ``torch.hub.list`` shows them. No weights are downloaded:
+``snapshot`` is a local file (project checkpoint, slim ``.safetensors``, or the reference's
+published ``.pth``); without it the weights are random. The checkout stays on ``sys.path``
+after loading, because the project's modules import their siblings lazily (``import network``,
+``import datasets``).
 """
 
 from __future__ import annotations
@@ -32,14 +34,19 @@ from deploy.segmenter import Segmenter  # noqa: E402
 from network import list_models  # noqa: E402
 
 
+def _load(snapshot: str | None, arch: str | None, num_classes: int | None,
+          eval_scales: tuple[float, ...] | None):
+    model, info = load_model(snapshot, arch, num_classes, eval_scales=eval_scales)
+    setattr(model, "info", info)  # class names, colours, mean/std for the caller  # noqa: B010
+    settings = inference_settings(info, bool(getattr(model, "multiscale", False)), eval_scales)
+    setattr(model, "inference_settings", settings)  # noqa: B010
+    return model
+
+
 def _entry(arch: str):
     def load(snapshot: str | None = None, num_classes: int | None = None,
              eval_scales: tuple[float, ...] | None = None):
-        model, info = load_model(snapshot, arch, num_classes, eval_scales=eval_scales)
-        setattr(model, "info", info)  # class names, colours, mean/std for the caller  # noqa: B010
-        settings = inference_settings(info, bool(getattr(model, "multiscale", False)), eval_scales)
-        setattr(model, "inference_settings", settings)  # noqa: B010
-        return model
+        return _load(snapshot, arch, num_classes, eval_scales)
 
     load.__name__ = arch.replace(".", "_").lower()
     load.__doc__ = (f"{arch} in eval mode; ``snapshot``: local checkpoint (.pth/.safetensors), "
@@ -53,6 +60,16 @@ def _entry(arch: str):
 
 for _arch in list_models():
     globals()[_arch.replace(".", "_").lower()] = _entry(_arch)
+
+
+def ocrnet(arch: str | None = None, snapshot: str | None = None, num_classes: int | None = None,
+           eval_scales: tuple[float, ...] | None = None):
+    """Any architecture by name, the ``ocrnet.timm.<timm_name>[_fuse<P>][_Mscale]`` family included
+    (``torch.hub.load(checkout, "ocrnet", source="local", snapshot="best.pth")``: the checkpoint's own
+    ``arch`` when ``arch`` is None). Same result as the per-architecture entry points."""
+    if arch is None and snapshot is None:
+        raise ValueError("pass arch= (random weights) or snapshot= (a trained checkpoint)")
+    return _load(snapshot, arch, num_classes, eval_scales)
 
 
 def segmenter(snapshot: str, arch: str | None = None, num_classes: int | None = None, **kwargs) -> Segmenter:

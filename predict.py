@@ -166,7 +166,8 @@ class PredictOptions:
     eval_memory_gb: float | None = flag(None, "memory budget in GB: scales that do not fit run in overlapping "
                                         "windows (none: free GPU memory; unlimited on the CPU)", check=positive)
     compile: bool = flag(False, "torch.compile the model (eager, with one line, if it cannot compile)")
-    arch: str | None = flag(None, "registered model name, e.g. ocrnet.HRNet_Mscale (required unless --list_missing)",
+    arch: str | None = flag(None, "registered model name, e.g. ocrnet.HRNet_Mscale (default: the one --snapshot "
+                            "records; required for the reference's .pth files and for random weights)",
                             check=known_arch)
     snapshot: str | None = flag(None, "checkpoint (project or reference .pth); omit for random weights")
 
@@ -884,7 +885,7 @@ class LoadedModel(NamedTuple):
     validated: tuple[float, ...] | None = None
 
 
-def load_model(arch: str, snapshot: str | None, *, dataset: str | None = None, num_classes: int | None = None,
+def load_model(arch: str | None, snapshot: str | None, *, dataset: str | None = None, num_classes: int | None = None,
                trust: bool = False, **model_kwargs: Any) -> LoadedModel:
     """The registered model with the snapshot's weights, the classes it predicts (from the snapshot
     when it records them, ``datasets.info_for_checkpoint``) and its validated scales."""
@@ -892,6 +893,9 @@ def load_model(arch: str, snapshot: str | None, *, dataset: str | None = None, n
     from network.checkpoint import build_model, read_checkpoint
 
     ckpt = read_checkpoint(snapshot, trust=trust) if snapshot else None
+    arch = arch or str((ckpt or {}).get("arch") or "")
+    if not arch:  # the reference's published .pth files do not record it
+        raise PredictError(f"{snapshot} does not record its architecture: pass --arch")
     info = info_for_checkpoint(ckpt, dataset, num_classes)
     model_kwargs.setdefault("trunk_weights", None)
     model_kwargs.setdefault("in_channels", info.in_channels)
@@ -993,8 +997,9 @@ def _main(argv: Sequence[str]) -> int:
         opts = options_from_args(args)
         if args.list_missing:
             return list_missing(opts)
-        if not args.arch:
-            raise PredictError("--arch is required (only --list_missing runs without a model)")
+        if not args.arch and not args.snapshot:
+            raise PredictError("--snapshot (a trained checkpoint, which names its --arch) or --arch (random weights) "
+                               "is required (only --list_missing runs without a model)")
         check_options(opts)  # bad flag combinations are named before the model is built
         device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
         with _said_if_stopped("while loading the model, before any image"):

@@ -173,7 +173,8 @@ def build_val_loader(cfg: Config, info: DistInfo, val_ds: Any) -> DataLoader:
 def model_kwargs(cfg: Config) -> dict[str, Any]:
     """``get_model`` arguments other than the class count, from the config."""
     m = cfg.model
-    return {"trunk_weights": expand_assets(m.trunk_weights, m.assets_path), "mscale_lo_scale": m.mscale_lo_scale,
+    return {"trunk_weights": expand_assets(m.trunk_weights, m.assets_path),
+            "trunk_weights_partial": m.trunk_weights_partial, "mscale_lo_scale": m.mscale_lo_scale,
             "align_corners": m.align_corners, "eval_scales": cfg.eval.n_scales or (m.mscale_lo_scale, 1.0)}
 
 
@@ -198,7 +199,9 @@ def place_model(cfg: Config, net: nn.Module, info: DistInfo, precision: Precisio
     prepare_model(net, precision)
     if channels_last(cfg, info.device):
         net.to(memory_format=torch.channels_last)
-    set_grad_checkpointing(net, cfg.train.grad_ckpt)
+    if set_grad_checkpointing(net, cfg.train.grad_ckpt) == 0 and cfg.train.grad_ckpt:
+        warnings.warn(f"--grad_ckpt: the trunk of {cfg.model.arch} has no gradient checkpointing; "
+                      "training without it", stacklevel=2)
     model = net
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None

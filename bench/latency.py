@@ -231,13 +231,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from deploy.meta import parse_scales
     from network import list_models
+    from network.registry import UnknownModelError, resolve_model
 
     precisions = [p for p in args.precision.split(",") if p]
     runtimes = [r for r in args.runtimes.split(",") if r]
     bad = (set(precisions) - set(PRECISIONS)) | (set(runtimes) - set(RUNTIMES))
-    if bad or (args.arch and args.arch not in list_models()):
-        build_parser().error(f"unknown {sorted(bad) or args.arch}; precisions {PRECISIONS}, runtimes {RUNTIMES}, "
-                             f"architectures {list_models()}")
+    if bad:
+        build_parser().error(f"unknown {sorted(bad)}; precisions {PRECISIONS}, runtimes {RUNTIMES}")
+    if args.arch:  # a registered name or one of a family (ocrnet.timm.*)
+        try:
+            resolve_model(args.arch)
+        except UnknownModelError as e:
+            build_parser().error(str(e))
     if args.device == "cuda":
         import torch
 

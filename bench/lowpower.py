@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,6 @@ BASELINE = "ocrnet.HRNet_Mscale_w18s"
 LOWPOWER = "ocrnet.timm.efficientnet_lite0_fuse64_Mscale"
 RECIPES = {BASELINE: "scripts/demo.yml", LOWPOWER: "scripts/lowpower.yml"}
 NUM_CLASSES = 19
-EXTRA_TRT_OPS = frozenset({"Clip"})  # ReLU6 (EfficientNet-Lite); TensorRT's ONNX parser implements it
 
 
 def count(arch: str, size: tuple[int, int]) -> dict[str, float]:
@@ -63,26 +61,12 @@ def count(arch: str, size: tuple[int, int]) -> dict[str, float]:
     return out
 
 
-@contextlib.contextmanager
-def trt_ops_with(extra: frozenset[str]) -> Iterator[None]:
-    """deploy/onnx_export's TensorRT op list extended by ``extra`` for this block (see the module doc)."""
-    from deploy import onnx_export
-
-    saved = onnx_export.TENSORRT_OPS
-    onnx_export.TENSORRT_OPS = saved | extra
-    try:
-        yield
-    finally:
-        onnx_export.TENSORRT_OPS = saved
-
-
 def latency(args: argparse.Namespace) -> list[tuple[str, str, str, dict]]:
     """bench/latency.py's rows (eager, prepared, onnxruntime; fp32, int8) for both architectures."""
     from bench.latency import measure_all
 
     ns = argparse.Namespace(device="cpu", size=args.latency_size, repeats=args.repeats, threads=args.threads)
-    with trt_ops_with(EXTRA_TRT_OPS):
-        return measure_all(ns, list(RECIPES), ["fp32", "int8"], ["eager", "prepared", "onnxruntime"], [1.0])
+    return measure_all(ns, list(RECIPES), ["fp32", "int8"], ["eager", "prepared", "onnxruntime"], [1.0])
 
 
 def train_recipe(arch: str, root: Path, out: Path) -> dict[str, Any]:

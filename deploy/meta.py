@@ -127,7 +127,9 @@ def load_model(snapshot: str | Path | None, arch: str | None = None, num_classes
 
     ckpt: dict[str, Any] = read_checkpoint(snapshot, trust=trust) if snapshot else {"num_classes": num_classes or 19}
     info = model_info(ckpt, arch, num_classes)
-    model = build_model(info.arch, info.num_classes, ckpt if snapshot else None, trunk_weights=None)
+    # N-band checkpoints (GeoTIFF datasets): the first convolution as trained (a 6-band model failed here)
+    model = build_model(info.arch, info.num_classes, ckpt if snapshot else None, trunk_weights=None,
+                        in_channels=info.in_channels)
     multiscale = is_multiscale(model)
     info = dataclasses.replace(info, validated_scales=validated_scales(ckpt if snapshot else None, multiscale))
     if multiscale:  # what model(x) combines in eval mode

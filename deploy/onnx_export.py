@@ -54,7 +54,10 @@ TENSORRT_OPS = frozenset({
     "Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "Div", "Equal", "Expand", "Flatten",
     "Floor", "Gather", "Identity", "MatMul", "Max", "Min", "Mul", "Pad", "ReduceMax", "ReduceMean",
     "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Squeeze", "Sub",
-    "Transpose", "Unsqueeze", "Where", "QuantizeLinear", "DequantizeLinear"})
+    "Transpose", "Unsqueeze", "Where", "QuantizeLinear", "DequantizeLinear",
+    # ocrnet.timm.* trunks: MaxPool (ResNet stems), Clip (ReLU6), HardSigmoid/HardSwish (MobileNetV3),
+    # Erf (GELU), Pow/Sqrt/Tanh, LayerNormalization (ConvNeXt, transformers; TensorRT >= 8.6)
+    "MaxPool", "Clip", "HardSigmoid", "HardSwish", "Erf", "Pow", "Sqrt", "Tanh", "LayerNormalization"})
 
 
 class ExportError(DeployError):

@@ -128,10 +128,11 @@ def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
 
 
 def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> int:
-    """Turn trunk gradient checkpointing on/off in every HRNet trunk of ``model``; returns how many."""
-    trunks = [m for m in model.modules() if isinstance(m, HRNetV2Trunk)]
+    """Turn trunk gradient checkpointing on/off in every trunk of ``model`` that has it (HRNet trunks,
+    ``ocrnet.timm.*`` trunks whose timm model supports it); returns how many."""
+    trunks = [m for m in model.modules() if isinstance(m, HRNetV2Trunk) or getattr(m, "supports_grad_ckpt", False)]
     for t in trunks:
-        t.grad_ckpt = enabled
+        setattr(t, "grad_ckpt", enabled)  # noqa: B010 (HRNetV2Trunk's attribute, TimmTrunk's property)
     return len(trunks)
 
 
@@ -198,7 +199,7 @@ def load_trunk_weights(trunk: nn.Module, path: str | Path, partial: bool = False
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:5]}). Pass the ImageNet "
             "checkpoint of the same trunk (hrnet_w48 for ocrnet.HRNet_Mscale, hrnet_w18, "
             "hrnet_w18_small_v2 for the _w18s models), or ask for a partial load "
-            "(get_model(..., trunk_weights_partial=True)).")
+            "(--trunk_weights_partial; get_model(..., trunk_weights_partial=True)).")
     fitting = {k: state[k] for k in own if k in state and state[k].shape == own[k].shape}
     if not fitting:
         raise CheckpointError(f"trunk weights {path}: no tensor fits this HRNet trunk")

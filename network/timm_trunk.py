@@ -98,9 +98,22 @@ class TimmTrunk(nn.Module):
         self.proj = nn.ModuleList([nn.Identity() if w == c else _project(c, w) for c, w in zip(channels, widths,
                                                                                                 strict=True)])
         self.out_channels = int(sum(widths))
+        # --grad_ckpt: timm's own activation checkpointing of the body's stages, where the model has it
+        self.supports_grad_ckpt = callable(getattr(body, "set_grad_checkpointing", None))
+        self._grad_ckpt = False
         self.nhwc = nhwc
         self.align_corners = align_corners
         self.pad_to = 1  # input padded to a multiple of this (set by the probe; 1: never padded)
+
+    @property
+    def grad_ckpt(self) -> bool:
+        return self._grad_ckpt
+
+    @grad_ckpt.setter
+    def grad_ckpt(self, enabled: bool) -> None:
+        if self.supports_grad_ckpt:
+            self.body.set_grad_checkpointing(enabled)  # type: ignore[operator]
+        self._grad_ckpt = enabled and self.supports_grad_ckpt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -334,7 +347,7 @@ def _misfit(path: str | Path, timm_name: str, missing: list[str], wrong: list[st
         if keys:
             parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])});")
     parts.append(f"pass the timm checkpoint of {timm_name} (timm's key layout), or ask for a partial load "
-                 "(get_model(..., trunk_weights_partial=True)) to load what fits")
+                 "(--trunk_weights_partial; get_model(..., trunk_weights_partial=True)) to load what fits")
     return " ".join(parts)
 
 

@@ -121,4 +121,13 @@ def maybe_sync_batchnorm(model: nn.Module, info: DistInfo) -> nn.Module:
         return model
     if not info.distributed:
         return model  # one process: SyncBatchNorm would equal BatchNorm
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return convert_sync_batchnorm(model)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm as SyncBatchNorm, timm's BatchNorm+activation layers (EfficientNet, MobileNet,
+    ConvNeXt-style trunks) as timm's SyncBatchNormAct: torch's converter turns those into a plain
+    SyncBatchNorm and drops their activation."""
+    from timm.layers import convert_sync_batchnorm as timm_convert
+
+    return timm_convert(model)
