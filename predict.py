@@ -100,6 +100,7 @@ from utils.errors import UserError, is_disk_full, run_cli
 from utils.folderjob import Claims, Owner, PartReport, merged_failures, part_suffix, print_unwritten
 from utils.io import atomic_write_bytes, atomic_write_json, ensure_output_dir, remove_created, remove_stale_temps
 from utils.signals import STOP_SIGNALS, exit_on_signal
+from utils.threads import configure_threads
 
 EXIT_TOO_MANY_FAILURES = 3
 EXIT_INCOMPLETE = 4  # images left neither done nor failed (a claim whose owner died): rerun
@@ -1002,6 +1003,7 @@ def _main(argv: Sequence[str]) -> int:
                                "is required (only --list_missing runs without a model)")
         check_options(opts)  # bad flag combinations are named before the model is built
         device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
+        print(f"predict: {configure_threads().describe()}", file=sys.stderr)  # the CPUs allotted (utils/threads)
         with _said_if_stopped("while loading the model, before any image"):
             model, info, validated = load_model(args.arch, args.snapshot, dataset=args.dataset,
                                                 num_classes=args.num_classes, trust=args.trust_checkpoint)

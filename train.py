@@ -63,6 +63,7 @@ from utils.signals import (
     stop_handlers_kept,
     stop_raises,
 )
+from utils.threads import configure_threads
 
 
 @dataclass
@@ -616,6 +617,7 @@ def main(cfg: Config) -> int:
 
 def _run(cfg: Config) -> int:
     info = init_distributed(cfg.train.device)
+    threads = configure_threads()  # the CPUs allotted, not the machine's: no OpenMP oversubscription
     flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
              torch.backends.cudnn.deterministic)
     created = ensure_output_dir(cfg.train.result_dir)
@@ -639,7 +641,8 @@ def _run(cfg: Config) -> int:
         s = Setup(cfg, info, precision, model, net, data, val_ds, build_val_loader(cfg, info, val_ds),
                   RunLogger(cfg.train.result_dir, info.rank, cfg.flags()), settings, replace(weights, resume=None))
         what = "evaluation" if cfg.eval.eval else f"training {precision.describe()}"
-        _say(info, f"{cfg.model.arch} on {info.device} x{info.world_size}, {what}, result_dir {cfg.train.result_dir}")
+        _say(info, f"{cfg.model.arch} on {info.device} x{info.world_size}, {what}, {threads.describe()}, "
+                   f"result_dir {cfg.train.result_dir}")
         _say(info, f"inference: {settings.describe()}")
         try:
             return run_eval(s) if cfg.eval.eval else run_training(s, train_ds, weights.resume)
@@ -666,6 +669,7 @@ def eval_folder(cfg: Config) -> int:
     except KeyError as err:
         raise ConfigError(f"--arch: {err.args[0]}") from err
     device = pick_device(cfg.train.device)
+    print(f"[eval folder] {configure_threads().describe()}", flush=True)
     e = cfg.eval
     opts = predict.PredictOptions(
         eval_folder=str(e.eval_folder), result_dir=cfg.train.result_dir, subdirs=e.subdirs, shard=e.shard,

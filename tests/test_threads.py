@@ -43,9 +43,15 @@ def test_cgroup_v1_quota(tmp_path):
 
 
 def test_local_processes_share_the_cpus(tmp_path):
-    plan = allotted_cpus({"SLURM_CPUS_PER_TASK": "8", "LOCAL_WORLD_SIZE": "4"}, _cgroup(tmp_path, None))
+    """torchrun's processes share the node's CPUs; a Slurm task's SLURM_CPUS_PER_TASK is its own already."""
+    cg = _cgroup(tmp_path, "800000 100000")  # 8 CPUs for the job
+    plan = allotted_cpus({"LOCAL_WORLD_SIZE": "4"}, cg)
     expect = max(1, min(8, len(os.sched_getaffinity(0)), os.cpu_count() or 1) // 4)
-    assert plan.threads == expect and "shared by 4 local processes" in plan.source
+    assert plan.threads == expect
+    if min(len(os.sched_getaffinity(0)), os.cpu_count() or 1) >= 8:
+        assert "shared by 4 local processes" in plan.source
+    slurm = allotted_cpus({"SLURM_CPUS_PER_TASK": "1", "LOCAL_WORLD_SIZE": "4"}, cg)
+    assert slurm.threads == 1 and "shared" not in slurm.source
 
 
 @pytest.mark.parametrize("junk", ["", "0", "-3", "two"])
@@ -78,3 +84,15 @@ def test_omp_num_threads_and_an_explicit_count_win():
         assert plan.source == "OMP_NUM_THREADS"
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow  # a train.py subprocess
+def test_train_py_uses_the_allotted_cpus_and_says_so(tmp_path, synthetic_root):
+    """PyTorch sized its pool by the machine: under a 1-CPU allotment OpenMP spin-waiting made a 4-minute demo
+    take 43 minutes. train.py now sets torch's threads to the allotment and names it in its start line."""
+    from tests.test_train_helpers import run_train, tiny_args
+
+    env = {"SLURM_CPUS_PER_TASK": "1", "OMP_NUM_THREADS": ""}
+    done = run_train(tiny_args(synthetic_root, tmp_path / "run", "--max_iter", "1", "--val_freq", "100"), env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 CPU thread (SLURM_CPUS_PER_TASK: 1)" in done.stdout + done.stderr

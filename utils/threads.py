@@ -6,7 +6,8 @@ Slurm's cgroup plugin) or a Slurm allocation of ``--cpus-per-task``, that oversu
 and OpenMP's spin-waiting then makes every thread wait for the slowest: a 4-minute demo took
 43 minutes on a shared 2-core machine (load average 10-18). The rule here: the fewest CPUs any
 of these sources grants, divided among the processes of this node's job (``LOCAL_WORLD_SIZE``),
-at least 1. ``OMP_NUM_THREADS``, when set, is the user's word and wins (torch reads it itself).
+at least 1 (a Slurm task's ``SLURM_CPUS_PER_TASK`` is per process already and is not divided).
+``OMP_NUM_THREADS``, when set, is the user's word and wins (torch reads it itself).
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ def allotted_cpus(environ: Mapping[str, str] | None = None, cgroup_root: Path = 
             limits[source] = float(value)
     source = min(limits, key=lambda k: limits[k])
     cpus = max(1, int(limits[source]))  # a quota of 1.5 CPUs: 1 thread that does not wait on a second
-    local = _positive_int(environ, "LOCAL_WORLD_SIZE") or 1
+    # Slurm's tasks (one process each, as `python -m sbatch` starts them) are allotted per task already;
+    # torchrun's processes share the node's allotment
+    per_task = source == "SLURM_CPUS_PER_TASK" or "SLURM_CPUS_PER_TASK" in limits
+    local = 1 if per_task else (_positive_int(environ, "LOCAL_WORLD_SIZE") or 1)
     if local > 1:
         return ThreadPlan(max(1, cpus // local), f"{source}: {cpus}, shared by {local} local processes")
     return ThreadPlan(cpus, f"{source}: {cpus}")
