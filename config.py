@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import difflib
 import os
+import re
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -392,10 +394,51 @@ def _unknown_flag_error(unknown: Sequence[str], parser: argparse.ArgumentParser)
     return ConfigError("; ".join(msgs))
 
 
+_OVERRIDE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0", "none", ""}
+
+
+def expand_overrides(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Hydra's ``key=value`` words as the flags they stand for (``max_epoch=5`` -> ``--max_epoch 5``,
+    ``do_flip=true`` -> ``--do_flip``, ``do_flip=false`` -> nothing), validated like the flags.
+    A word that is the value of the flag before it (``--snapshot a=b.pth``) stays a value."""
+    actions = parser._option_string_actions
+    out: list[str] = []
+    takes_value = False
+    for word in argv:
+        match = None if takes_value or word.startswith("-") else _OVERRIDE.match(word)
+        if match:
+            out += _override_flags(match[1], match[2], word, actions)
+            takes_value = False
+            continue
+        out.append(word)
+        action = actions.get(word) if word.startswith("-") and "=" not in word else None
+        takes_value = action is not None and action.nargs != 0
+    return out
+
+
+def _override_flags(key: str, value: str, word: str, actions: dict[str, argparse.Action]) -> list[str]:
+    on, off = actions.get(f"--{key}"), actions.get(f"--no_{key}")
+    if on is None and off is None:
+        close = difflib.get_close_matches(f"--{key}", list(actions), n=2, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(c.lstrip('-') + '=...' for c in close)}?" if close else ""
+        raise ConfigError(f"override {word!r}: no flag --{key}{hint}")
+    if on is not None and on.nargs != 0:
+        return [f"--{key}", value]
+    if value.lower() not in _TRUE | _FALSE:
+        raise ConfigError(f"override {word!r}: --{key} is a switch; write {key}=true or {key}=false")
+    wanted = value.lower() in _TRUE
+    if on is not None:  # --key switches on; false: leave it off
+        return [f"--{key}"] if wanted else []
+    return [] if wanted else [f"--no_{key}"]  # on by default, --no_key switches off
+
+
 def parse_config(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> Config:
     """Parse ``argv`` (default: ``sys.argv[1:]``) into a validated :class:`Config`; ``parser``:
-    one from :func:`build_parser` to reuse (checking 1,000 runs builds it once)."""
+    one from :func:`build_parser` to reuse (checking 1,000 runs builds it once). ``key=value``
+    words work as the flags they name (:func:`expand_overrides`)."""
     parser = parser or build_parser()
+    argv = expand_overrides(list(sys.argv[1:] if argv is None else argv), parser)
     ns, unknown = parser.parse_known_args(argv)
     if unknown:
         raise _unknown_flag_error(unknown, parser)

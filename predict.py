@@ -71,6 +71,7 @@ from config import (
     CliParser,
     HelpFormatter,
     add_arguments,
+    expand_overrides,
     flag,
     fraction,
     from_namespace,
@@ -994,7 +995,8 @@ def _main(argv: Sequence[str]) -> int:
     # SIGTERM/SIGUSR1 -> SystemExit(128 + signum), unwinding through `finally`: reports written,
     # pending writes finish (by default SIGUSR1, Slurm's warning signal, would kill it outright)
     with exit_on_signal(STOP_SIGNALS, prog="predict.py"):
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(expand_overrides(argv, parser))  # key=value words as their flags
         opts = options_from_args(args)
         if args.list_missing:
             return list_missing(opts)

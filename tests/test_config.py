@@ -126,3 +126,28 @@ def test_save_config_writes_resolved_json(tmp_path):
     data = json.loads((tmp_path / "config.json").read_text())
     assert data["data"]["crop_size"] == [64, 128]
     assert data["amp_level"] == "O1" and data["runtime"]["global_batch_size"] == 8
+
+
+def test_hydra_style_key_value_words_are_the_flags_they_name():
+    """`python train.py max_epoch=5` said "unexpected value": key=value worked only through python -m sbatch."""
+    cfg = parse_config(["max_epoch=5", "lr=0.01", "do_flip=true", "n_scales=0.5,1.0", "--snapshot", "a=b.pth"])
+    assert cfg.train.max_epoch == 5 and cfg.optim.lr == 0.01 and cfg.eval.do_flip is True
+    assert cfg.eval.n_scales == (0.5, 1.0) and cfg.model.snapshot == "a=b.pth"  # a flag's value stays a value
+    assert parse_config(["do_flip=false"]).eval.do_flip is False
+    with pytest.raises(ConfigError, match=r"override 'max_epoc=5': no flag --max_epoc; did you mean max_epoch=\.\.\."):
+        parse_config(["max_epoc=5"])
+    with pytest.raises(ConfigError, match="n_scales"):  # validated like the flag
+        parse_config(["n_scales=0.5,2"])
+    with pytest.raises(ConfigError, match="do_flip=true or do_flip=false"):
+        parse_config(["do_flip=maybe"])
+
+
+def test_predict_py_takes_key_value_words_too(tmp_path, capsys):
+    import predict
+
+    assert predict.main(["infer_short_side=-3", "--eval_folder", str(tmp_path), "--result_dir", str(tmp_path / "o"),
+                         "--arch", "ocrnet.HRNet_w18s"]) == 2
+    assert "--infer_short_side" in capsys.readouterr().err
+    assert predict.main(["batch_sise=2", "--eval_folder", str(tmp_path), "--result_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no flag --batch_sise" in err and len(err.strip().splitlines()) == 1
