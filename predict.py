@@ -145,9 +145,12 @@ class PredictOptions:
     overlay: bool = flag(False, "write colours blended over the photo (overlay/<rel>.jpg)")
     probs: bool = flag(False, "also write per-class probabilities (prob/<rel>.npz or .tif)")
     geotiff: bool = flag(True, "read .tif/.tiff with rasterio and write GeoTIFF (off: ordinary images)", negate=True)
-    bands: tuple[int, ...] | None = flag(None, "zero-based raster bands, e.g. 0,1,2; none: the first three")
-    band_mean: tuple[float, ...] | None = flag(None, "per-band mean in the raster's units; none: ImageNet's")
-    band_std: tuple[float, ...] | None = flag(None, "per-band standard deviation in the raster's units", check=positive)
+    bands: tuple[int, ...] | None = flag(None, "zero-based raster bands, e.g. 0,1,2; none: the bands the checkpoint "
+                                         "was trained on (its dataset.yaml), else the first three")
+    band_mean: tuple[float, ...] | None = flag(None, "per-band mean in the raster's units; none: the checkpoint's "
+                                               "(its dataset.yaml's or measured statistics), else ImageNet's")
+    band_std: tuple[float, ...] | None = flag(None, "per-band standard deviation in the raster's units; none: the "
+                                              "checkpoint's, else ImageNet's", check=positive)
     image_mean: tuple[float, ...] | None = flag(None, "photo normalisation, RGB on a 0..1 scale; none: the "
                                                 "checkpoint's (its dataset.yaml's), ImageNet's without one",
                                                 check=rgb_triple)
