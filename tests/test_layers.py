@@ -33,7 +33,6 @@ COMMAND_IMPORTS = {("train", "config"), ("predict", "config"), ("train", "predic
 KNOWN_UPWARD = {
     "deploy.quantize -> bench._results",
     "predict -> sbatch.slurmenv",
-    "utils.checkpoint -> network.checkpoint",
     "utils.dist -> sbatch.slurmenv",
     "utils.dump -> datasets.cityscapes_labels",
     "utils.dump -> datasets.info",

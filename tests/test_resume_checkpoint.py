@@ -13,14 +13,14 @@ import torch
 
 from config import parse_config
 from network import CheckpointError, get_model
+from network import checkpoint as ckpt_io
 from train import load_weights
-from utils import checkpoint as ckpt_io
 from utils.dist import DistInfo
 
 WRITER = r"""
 import sys, time, pathlib
 sys.path.insert(0, sys.argv[1])
-from utils.checkpoint import save_checkpoint
+from network.checkpoint import save_checkpoint
 
 class Stall:  # pickling it signals the parent, then hangs: the process dies mid-write
     def __reduce__(self):
