@@ -95,7 +95,7 @@ from datasets.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, info_for_che
 from datasets.raster import GeoError
 from inference.defaults import AUTO_HELP, PRECISIONS, SCALES_HELP, scales_problem
 from inference.settings import InferenceSettings, is_multiscale, settings_diff
-from sbatch import slurmenv
+from utils import slurmenv
 from utils.dist import pick_device
 from utils.errors import UserError, is_disk_full, run_cli
 from utils.folderjob import Claims, Owner, PartReport, merged_failures, part_suffix, print_unwritten

@@ -60,7 +60,7 @@ class Planned:
 
 def strip_launcher(argv: Sequence[str]) -> list[str]:
     """``torchrun [opts] train.py args`` -> ``python train.py args`` (Slurm starts one task per
-    GPU and :func:`sbatch.slurmenv.distributed_env` gives each its rank)."""
+    GPU and :func:`utils.slurmenv.distributed_env` gives each its rank)."""
     argv = list(argv)
     if argv[:2] == ["python", "-m"] or (len(argv) > 2 and argv[1] == "-m" and "python" in argv[0]):
         head, rest = argv[2:3], argv[3:]
@@ -286,7 +286,8 @@ def submit_group(group: Sequence[Planned], folder: Path, manifest: str) -> list:
     """Submit one group as a job array (or a single job) and return submitit's jobs."""
     import cloudpickle
 
-    from . import slurmenv
+    from utils import slurmenv
+
     from . import task as task_module
 
     for module in (task_module, slurmenv):  # the job needs neither this checkout nor its sys.path

@@ -14,7 +14,7 @@ image):
 - Any other non-zero exit raises :class:`CommandFailedError`: submitit exits non-zero and Slurm
   records the job as FAILED.
 
-This module and :mod:`sbatch.slurmenv` (Slurm's variables) are pickled by value into the job
+This module and :mod:`utils.slurmenv` (Slurm's variables) are pickled by value into the job
 (only the standard library and submitit are imported), so the job does not depend on where this
 repository lives.
 """
@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import slurmenv
+from utils import slurmenv
 
 EX_REQUEUE = 75  # train.py: "checkpointed, requeue me" (EX_TEMPFAIL)
 

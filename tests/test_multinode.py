@@ -32,7 +32,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from sbatch.slurmenv import expand_hostlist
 from tests.slurm_fixtures import (
     REPO,
     SCRIPT,
@@ -45,6 +44,7 @@ from tests.slurm_fixtures import (
     wait_until,
 )
 from tests.test_slurm_integration import submit, yml
+from utils.slurmenv import expand_hostlist
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(600)]
 __all__ = ["multi_slurm_cluster"]  # the session fixture, re-exported for pytest

@@ -1,4 +1,4 @@
-"""sbatch/slurmenv.py: node lists as Slurm expands them, Slurm -> torch.distributed, array tasks.
+"""utils/slurmenv.py: node lists as Slurm expands them, Slurm -> torch.distributed, array tasks.
 
 The node-list cases are compared with Slurm's own ``scontrol show hostnames`` (a client-side
 expansion: it reads a slurm.conf but talks to no daemon, so a minimal one in tmp_path is enough).
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sbatch import slurmenv
-from sbatch.slurmenv import SlurmEnvError, array_task, distributed_env, expand_hostlist, job_id
 from tests.slurm_fixtures import PATH, REPO
+from utils import slurmenv
+from utils.slurmenv import SlurmEnvError, array_task, distributed_env, expand_hostlist, job_id
 
 # (node list, hosts): real-world shapes (racks x nodes, zero padding that widens, lists inside
 # and outside brackets, several bracket groups, a range crossing a power of ten)
@@ -126,7 +126,8 @@ def test_imports_without_torch_and_travels_by_value(tmp_path):
     subprocess.run([sys.executable, "-c", textwrap.dedent(f"""\
         import sys; sys.modules["torch"] = None  # any torch import fails
         import cloudpickle
-        from sbatch import slurmenv, task
+        from sbatch import task
+        from utils import slurmenv
         for m in (slurmenv, task):
             cloudpickle.register_pickle_by_value(m)
         open({str(pickled)!r}, "wb").write(cloudpickle.dumps(slurmenv.distributed_env))
@@ -134,7 +135,7 @@ def test_imports_without_torch_and_travels_by_value(tmp_path):
     out = subprocess.run([sys.executable, "-I", "-c", textwrap.dedent(f"""\
         import pickle, sys; sys.modules["torch"] = None
         fn = pickle.load(open({str(pickled)!r}, "rb"))
-        assert "sbatch" not in sys.modules, "unpickling imported the checkout"
+        assert "sbatch" not in sys.modules and "utils" not in sys.modules, "unpickling imported the checkout"
         print(fn({{"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "r[1-2]-n[1-2]"}})["MASTER_ADDR"])
         """)], cwd=Path(tmp_path), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

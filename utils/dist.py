@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sbatch.slurmenv import distributed_env
+from utils.slurmenv import distributed_env
 
 
 @dataclass(frozen=True)
