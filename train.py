@@ -34,6 +34,8 @@ from datasets.loading import SeededDataset, ShardSampler, mix_seed, seed_all
 from datasets.sampler import ClassUniformSampler
 from inference.settings import InferenceSettings
 from network import checkpoint as ckpt_io
+from training.dump import Dumps, ImageDumper, eval_dumps
+from training.finetune import apply_start_flags, freeze_trunk
 from utils.amp import Precision, prepare_model
 from utils.dist import (
     DistInfo,
@@ -45,9 +47,7 @@ from utils.dist import (
     on_main_rank,
     pick_device,
 )
-from utils.dump import Dumps, ImageDumper, eval_dumps
 from utils.errors import end_children, run_cli
-from utils.finetune import apply_start_flags, freeze_trunk
 from utils.io import ensure_output_dir, remove_created
 from utils.logger import RunLogger
 from utils.metrics import ConfusionMatrix, format_table, write_metrics

@@ -109,7 +109,7 @@ WORST_IMAGES = """
 import os, sys
 import torch, torch.distributed as dist
 from datasets.cityscapes_labels import CLASS_NAMES, PALETTE
-from utils.dump import WorstImages
+from training.dump import WorstImages
 rank = int(os.environ["RANK"])
 dist.init_process_group("gloo", rank=rank, world_size=2)
 w = WorstImages(sys.argv[0].rsplit("/", 1)[0] + "/worst", 2, PALETTE, CLASS_NAMES, rank=rank)

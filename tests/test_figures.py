@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasets.cityscapes_labels import CLASS_NAMES, PALETTE
-from utils.dump import ImageDumper
+from training.dump import ImageDumper
 from utils.figures import confusion_figure, curves_figure, labelled_panel, normalise_rows
 from utils.metrics import ConfusionMatrix, write_metrics
 

@@ -11,8 +11,8 @@ import yaml
 from config import ConfigError, parse_config
 from datasets.cityscapes_labels import CLASS_NAMES, PALETTE, TRAIN_LABELS
 from tests.test_train_helpers import REPO, run_train, tiny_args
-from utils.dump import LabelWriter, WorstImages, eval_dumps, image_miou
-from utils.finetune import apply_start_flags, freeze_trunk, restore_optimizer
+from training.dump import LabelWriter, WorstImages, eval_dumps, image_miou
+from training.finetune import apply_start_flags, freeze_trunk, restore_optimizer
 from utils.optim import poly_schedule
 from utils.reference_flags import REFUSED, TEST_MODE_ITERS
 
