@@ -25,10 +25,10 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 import datasets.base  # noqa: E402, F401  (imported up front: the build time below excludes import cost)
-from bench._results import write_section  # noqa: E402
 from datasets.centroids import CacheSpec, _centroids_dense, class_centroids, load_or_build  # noqa: E402
 from datasets.cityscapes_labels import id_to_trainid_lut  # noqa: E402
 from datasets.synthetic import _OPTIONAL, render_scene  # noqa: E402
+from utils.results import write_section  # noqa: E402
 
 SHAPE, TILE, K = (1024, 2048), 1024, 19
 

@@ -76,7 +76,7 @@ def measured(arch: str, budget: int, device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench._results import write_section
+    from utils.results import write_section
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget_gb", type=float, default=16.0)

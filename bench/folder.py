@@ -249,7 +249,7 @@ def main(argv=None) -> None:
     body = _table(results, a)
     print(body)
     if not a.no_write:
-        from bench._results import write_section
+        from utils.results import write_section
 
         write_section("folder", body, command="python bench/folder.py " + " ".join(sys.argv[1:]))
 

@@ -242,8 +242,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench._results import write_section
     from network import get_model
+    from utils.results import write_section
 
     a = parse_args(argv)
     if a.threads:

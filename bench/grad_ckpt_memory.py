@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     body = report(a.arch, size, a.batch, rows)
     print(body)
     if not a.no_write:
-        from bench._results import write_section
+        from utils.results import write_section
 
         write_section("grad_ckpt_memory", body, "python -m bench.grad_ckpt_memory " + " ".join(argv or sys.argv[1:]))
     return 0

@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     body = _body(results, args)
     print(body)
     if not args.no_write:
-        from bench._results import write_section
+        from utils.results import write_section
 
         command = "python -m bench.latency " + " ".join(argv)
         write_section(args.section or f"latency_{args.device}", body, command=command)

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench._results import write_section  # noqa: E402
 from datasets import build_dataset, build_sampler  # noqa: E402
 from datasets.transforms import build_train_transform  # noqa: E402
+from utils.results import write_section  # noqa: E402
 
 
 def stage_times(ds, n: int = 6) -> dict[str, float]:

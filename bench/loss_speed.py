@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             "| criterion | ms (fwd + bwd) | speed-up |\n|---|---|---|\n" + rows)
     print(body)
     if not a.no_write:
-        from bench._results import write_section
+        from utils.results import write_section
 
         write_section("loss_speed", body, "python -m bench.loss_speed " + " ".join(argv or sys.argv[1:]))
     return 0

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     text = body(args, counts, rows, trained)
     print(text)
     if not args.no_write:
-        from bench._results import write_section
+        from utils.results import write_section
 
         write_section("lowpower", text, command="python -m bench.lowpower " + " ".join(argv))
     failed = [r for r in rows if "error" in r[3]] + [t for t in (trained or {}).values() if "error" in t]

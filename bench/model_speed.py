@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     body = _body(results, sizes, modes, args, load)
     print(body)
     if not args.no_write:
-        from bench._results import write_section
+        from utils.results import write_section
 
         command = "python -m bench.model_speed " + " ".join(sys.argv[1:])
         write_section("model_speed", body, command=command)

@@ -129,7 +129,7 @@ def _group(events) -> dict[str, float]:  # noqa: ANN001
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench._results import write_section
+    from utils.results import write_section
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="ocrnet.HRNet_Mscale_w18s")

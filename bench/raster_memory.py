@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._results import write_section  # noqa: E402
 from datasets.raster_pairs import GDAL_CACHE_MB  # noqa: E402
+from utils.results import write_section  # noqa: E402
 
 # runs the command given as arguments and prints the peak RSS (KiB on Linux) of it and its children
 _WRAP = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "

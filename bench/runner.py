@@ -31,11 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._results import write_section  # noqa: E402
 from sbatch import cli, launch, manifest  # noqa: E402
 from sbatch.expand import check_unique, expand_experiment  # noqa: E402
 from sbatch.launch import Planned  # noqa: E402
 from sbatch.resources import farm_spec  # noqa: E402
+from utils.results import write_section  # noqa: E402
 
 SWEEP_1000 = {"CMD": "torchrun --nproc_per_node=8 train.py",
               "HPARAMS": {"lr": [0.001 * i for i in range(1, 11)], "poly_exp": [0.9, 1.0, 2.0, 3.0, 4.0],

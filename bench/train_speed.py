@@ -135,7 +135,7 @@ def main() -> int:
             + "".join(f"| {m['level']} ({'fp32' if m['level'] == 'O0' else 'bf16, BN fp32'}) | "
                       f"{m['peak_mib']:.0f} | {m['seconds']:.1f} |\n" for m in mem)
             + f"\n1-minute load average at the end: {os.getloadavg()[0]:.1f} (other jobs on the CPU slow the speeds).")
-    from bench._results import write_section
+    from utils.results import write_section
 
     write_section("train_speed", body, command=f"python bench/train_speed.py --iters {args.iters}")
     print(body)

@@ -253,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_results(section: str, report: dict, rows: Sequence[Row], argv: Sequence[str]) -> None:
-    """The report as section ``section`` of bench/RESULTS.md (bench._results: command, machine, load)."""
-    from bench._results import write_section
+    """The report as section ``section`` of bench/RESULTS.md (utils.results: command, machine, load)."""
+    from utils.results import write_section
 
     meta = read_metadata(report["onnx"])
     body = (f"`{report['arch']}` exported with scales {meta.get('scales')} and flip {meta.get('flip')}; mIoU on "

@@ -160,11 +160,11 @@ def test_bad_flags_are_one_line_exit_2(tmp_path, capsys):
 def test_quantize_int8_fp16_report(mscale_onnx, synthetic_root, tmp_path, monkeypatch):
     import onnx
 
-    import bench._results
+    import utils.results
     from deploy.onnx_export import TENSORRT_OPS, session
     from deploy.quantize import main
 
-    monkeypatch.setattr(bench._results, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(utils.results, "RESULTS", tmp_path / "RESULTS.md")
     rc = main(["--onnx", str(mscale_onnx), "--calib", str(synthetic_root / "leftImg8bit" / "train"),
                "--calib-count", "4", "--dataset", "synthetic", "--dataset_root", str(synthetic_root),
                "--val-count", "2", "--repeats", "2", "--out-dir", str(tmp_path), "--results-section", "q"])

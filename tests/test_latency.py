@@ -8,10 +8,10 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # exports take minutes on a loaded 2-core machine
 def test_latency_one_arch_cpu(tmp_path, monkeypatch):
-    import bench._results
+    import utils.results
     from bench import latency
 
-    monkeypatch.setattr(bench._results, "RESULTS", tmp_path / "RESULTS.md")  # not the repo's file
+    monkeypatch.setattr(utils.results, "RESULTS", tmp_path / "RESULTS.md")  # not the repo's file
     rc = latency.main(["--arch", "ocrnet.HRNet_w18s", "--device", "cpu", "--precision", "fp32,int8",
                        "--size", "64x64", "--repeats", "2", "--threads", "1"])
     assert rc == 0

@@ -1,4 +1,5 @@
-"""Write one benchmark's section of bench/RESULTS.md, leaving the others alone.
+"""Write one benchmark's section of bench/RESULTS.md, leaving the others alone (the bench scripts,
+``python -m deploy.quantize --results_section``).
 
 Each bench script owns the text between ``<!-- begin NAME -->`` and
 ``<!-- end NAME -->``; a rerun replaces its own section only.
@@ -12,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS = Path(__file__).resolve().parent.parent / "bench" / "RESULTS.md"
 HEADER = "# Benchmark results\n\nEach section is written by the script named in it; rerun the command to refresh it.\n"
 
 
