@@ -84,11 +84,22 @@ def _folder(root, split, cv, transform, **options):
 
 
 @register_dataset("custom")
-def _custom(root, split, cv, transform, **options):
-    """Described by ``root/dataset.yaml`` (or ``config=FILE``): see datasets/spec.py."""
-    from datasets.custom import build_custom
+def _custom(root, split, cv, transform, config=None, **options):
+    """Described by ``root/dataset.yaml`` (or ``config=FILE``): see datasets/spec.py. A
+    :class:`~datasets.custom.CustomDataset` or, for rasters, a :class:`~datasets.raster_pairs.RasterDataset`."""
+    from datasets.custom import CustomDataset
+    from datasets.spec import load_spec
 
-    return build_custom(root, split, cv, transform, **options)
+    if cv != 0:
+        raise DatasetConfigError(f"--cv {cv}: custom datasets have no cross-validation folds; use splits")
+    if options:
+        raise DatasetConfigError(f"options {sorted(options)} do not apply to custom datasets")
+    spec = load_spec(root, config)
+    if spec.raster is not None:
+        from datasets.raster_pairs import RasterDataset
+
+        return RasterDataset(spec, split=split, transform=transform)
+    return CustomDataset(spec, split=split, transform=transform)
 
 
 def build_sampler(dataset, class_uniform_pct: float = 0.0, class_uniform_tile: int = 1024,

@@ -9,7 +9,6 @@ Labels hold class ids (mapped to train ids through the class table) or RGB colou
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from PIL import Image
 from datasets.base import Item, SegmentationDataset, Transform, missing_labels_error, read_label
 from datasets.errors import DatasetConfigError, DatasetError
 from datasets.info import IMAGENET_MEAN, IMAGENET_STD
-from datasets.spec import DatasetSpec, load_spec
+from datasets.spec import DatasetSpec
 
 IGNORE = 255
 
@@ -177,17 +176,3 @@ def _with_stats(transform: Transform | None, spec: DatasetSpec) -> Transform | N
         return dataclasses.replace(transform, mean=spec.mean, std=spec.std)
     return transform
 
-
-def build_custom(root: str | os.PathLike | None, split: str, cv: int, transform: Transform | None,
-                 config: str | os.PathLike | None = None, **options):
-    """The registry entry of ``custom``: :class:`CustomDataset` or, for rasters, a raster dataset."""
-    if cv != 0:
-        raise DatasetConfigError(f"--cv {cv}: custom datasets have no cross-validation folds; use splits")
-    if options:
-        raise DatasetConfigError(f"options {sorted(options)} do not apply to custom datasets")
-    spec = load_spec(root, config)
-    if spec.raster is not None:
-        from datasets.raster_pairs import RasterDataset
-
-        return RasterDataset(spec, split=split, transform=transform)
-    return CustomDataset(spec, split=split, transform=transform)
