@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from datasets.errors import DatasetConfigError, DatasetError, UnknownDatasetError
 from datasets.info import ClassInfo, DatasetInfo, dataset_info, info_for_checkpoint, register_info
+from datasets.spec import load_spec  # also registers the class table of "custom" (dataset.yaml)
 
 __all__ = ["ClassInfo", "DatasetConfigError", "DatasetError", "DatasetInfo", "build_dataset", "build_sampler",
            "dataset_info", "info_for_checkpoint", "list_datasets", "register_dataset", "register_info"]
@@ -88,7 +89,6 @@ def _custom(root, split, cv, transform, config=None, **options):
     """Described by ``root/dataset.yaml`` (or ``config=FILE``): see datasets/spec.py. A
     :class:`~datasets.custom.CustomDataset` or, for rasters, a :class:`~datasets.raster_pairs.RasterDataset`."""
     from datasets.custom import CustomDataset
-    from datasets.spec import load_spec
 
     if cv != 0:
         raise DatasetConfigError(f"--cv {cv}: custom datasets have no cross-validation folds; use splits")

@@ -177,14 +177,6 @@ def _mapillary(root: str | os.PathLike | None = None, **_: Any) -> DatasetInfo:
     return DatasetInfo.from_table("mapillary", names, colors)
 
 
-@register_info("custom")
-def _custom(root: str | os.PathLike | None = None, config: str | os.PathLike | None = None, **_: Any) -> DatasetInfo:
-    """Described by ``root/dataset.yaml`` (or ``config``): see datasets/spec.py."""
-    from datasets.spec import load_spec
-
-    return load_spec(root, config).info()
-
-
 @register_info("folder")
 def _folder(root: str | os.PathLike | None = None, num_classes: int = 19, **_: Any) -> DatasetInfo:
     """Unlabelled images: as many generic classes as the model has."""

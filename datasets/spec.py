@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets.errors import DatasetConfigError
-from datasets.info import IMAGENET_MEAN, IMAGENET_STD, ClassInfo, DatasetInfo
+from datasets.info import IMAGENET_MEAN, IMAGENET_STD, ClassInfo, DatasetInfo, register_info
 
 CONFIG_NAME = "dataset.yaml"
 STATS_NAME = "dataset_stats.json"  # written by `python -m datasets.check --write_stats`
@@ -112,6 +112,13 @@ def load_spec(root: str | os.PathLike | None = None, config: str | os.PathLike |
         raise DatasetConfigError(f"{path}: expected a mapping of fields ({', '.join(KEYS)}), got "
                                  f"{type(data).__name__}")
     return _Reader(path).spec(root, data, _read_stats(path))
+
+
+@register_info("custom")
+def _custom_info(root: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
+                 **_: Any) -> DatasetInfo:
+    """Described by ``root/dataset.yaml`` (or ``config``): the class table of :func:`load_spec`."""
+    return load_spec(root, config).info()
 
 
 def _read_stats(path: Path) -> dict[str, Any]:
