@@ -23,16 +23,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.errors import UserError
+# the error and the tensors of a checkpoint dict are defined in the lower weights.py (slim files use them)
+from network.weights import CheckpointError, extract_state_dict, read_weights
 from utils.io import atomic_torch_save
 
 FORMAT = "hmsa-ckpt/1"
 LAST = "last.pth"
 BEST = "best.pth"
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint cannot be read or does not fit the model; the message says why and what to do."""
 
 
 def allowed_globals() -> list[Any]:
@@ -82,8 +79,6 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":  # slim weights (network/weights.py): sha256-checked, no pickle
-        from network.weights import read_weights
-
         return read_weights(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file: check the path "
@@ -126,25 +121,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
     return extract_state_dict(read_checkpoint(path), str(path))
-
-
-def extract_state_dict(ckpt: Mapping[str, Any], where: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint dict, with any ``module.`` prefix removed."""
-    for name in ("model", "state_dict"):
-        if isinstance(ckpt.get(name), Mapping):
-            state = ckpt[name]
-            break
-    else:
-        state = ckpt
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"{where} holds no tensors (keys: {sorted(ckpt)[:10]}); expected a "
-                              "project checkpoint ('model'), a reference .pth ('state_dict') or a state dict")
-    return {_strip_module(k): v for k, v in tensors.items()}
-
-
-def _strip_module(key: str) -> str:
-    return key[len("module."):] if key.startswith("module.") else key
 
 
 def load_checkpoint(model: nn.Module, path_or_dict: str | Path | Mapping[str, Any],

@@ -22,9 +22,34 @@ from typing import Any
 
 import torch
 
+from utils.errors import UserError
+
 WEIGHTS_FORMAT = "hmsa-weights/1"
 # checkpoint entries kept (as JSON) in the safetensors header, besides the tensors
 META_KEYS = ("arch", "num_classes", "dataset_info", "epoch", "iteration", "best_miou", "inference")
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; the message says why and what to do."""
+
+
+def extract_state_dict(ckpt: Mapping[str, Any], where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint dict, with any ``module.`` prefix removed."""
+    for name in ("model", "state_dict"):
+        if isinstance(ckpt.get(name), Mapping):
+            state = ckpt[name]
+            break
+    else:
+        state = ckpt
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{where} holds no tensors (keys: {sorted(ckpt)[:10]}); expected a "
+                              "project checkpoint ('model'), a reference .pth ('state_dict') or a state dict")
+    return {_strip_module(k): v for k, v in tensors.items()}
+
+
+def _strip_module(key: str) -> str:
+    return key[len("module."):] if key.startswith("module.") else key
 
 
 def sha256_path(path: str | Path) -> Path:
@@ -45,11 +70,9 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def verify_sha256(path: str | Path) -> bool:
     """Check ``path`` against ``<path>.sha256`` when that file exists; False when there is none.
 
-    Raises :class:`~network.checkpoint.CheckpointError` (one line) on a mismatch or an
+    Raises :class:`CheckpointError` (one line) on a mismatch or an
     unreadable digest file.
     """
-    from network.checkpoint import CheckpointError
-
     path, digest_file = Path(path), sha256_path(path)
     if not digest_file.is_file():
         return False
@@ -69,7 +92,6 @@ def slim_checkpoint(ckpt: Mapping[str, Any], out: str | Path) -> Path:
     """Write the weights and metadata of ``ckpt`` to ``out`` (.safetensors) and ``out.sha256``."""
     from safetensors.torch import save
 
-    from network.checkpoint import extract_state_dict
     from utils.io import atomic_write_bytes, atomic_write_text
 
     out = Path(out)
@@ -91,8 +113,6 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     """
     from safetensors import safe_open
 
-    from network.checkpoint import CheckpointError
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
@@ -112,7 +132,5 @@ def read_weights(path: str | Path) -> dict[str, Any]:
 
 def slimmed_size(ckpt: Mapping[str, Any]) -> int:
     """Bytes of tensor data the slim file will hold (for the command's summary line)."""
-    from network.checkpoint import extract_state_dict
-
     return sum(v.numel() * v.element_size() for v in extract_state_dict(ckpt).values()
                if isinstance(v, torch.Tensor))
