@@ -24,7 +24,7 @@ from timm.models.efficientnet import EfficientNetFeatures
 from timm.models.mobilenetv3 import MobileNetV3Features
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from network.ops import resize_to
+from network.ops import resize_to, unwrap
 from network.tiling import MemoryPlan
 
 
@@ -62,18 +62,9 @@ def predict(model: nn.Module, x: torch.Tensor, scales: Sequence[float] | None = 
     return {k: (views[0][k] + views[1][k]) / 2 for k in views[1]}
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The network inside DistributedDataParallel/DataParallel and :class:`EagerFallback` wrappers."""
-    while True:
-        inner = model._modules.get("module", model._modules.get("eager"))
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
 def _forward_scales(model: nn.Module, x: torch.Tensor, scales: Sequence[float] | None,
                     memory: MemoryPlan | None = None) -> dict[str, torch.Tensor]:
-    net = _unwrap(model)
+    net = unwrap(model)
     if getattr(net, "multiscale", False):
         if memory is None or memory.budget is None:
             return model(x, scales=scales)
@@ -97,7 +88,7 @@ def _single(model: nn.Module, x: torch.Tensor, memory: MemoryPlan | None) -> dic
     """One scale of a single-scale model: whole image, or windows when ``memory`` says so."""
     if memory is None or memory.budget is None:
         return model(x)
-    return memory.run(model, x, fn=_unwrap(model))
+    return memory.run(model, x, fn=unwrap(model))
 
 
 # ----------------------------------------------------------------------------- conv+BN folding
@@ -224,7 +215,7 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, inplace
     ``torch.compile`` with an eager fallback (:func:`maybe_compile`). The result is for
     inference only (its state dict does not load into ``get_model``'s models).
     """
-    net = _unwrap(model)
+    net = unwrap(model)
     fast = (net if inplace else copy.deepcopy(net)).eval()
     fuse_conv_bn(fast)
     if dtype is not None:
@@ -238,7 +229,7 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, inplace
 
 def to_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """``x`` in the model's memory format (channels_last if its first conv is)."""
-    first = next((m for m in _unwrap(model).modules() if isinstance(m, nn.Conv2d)), None)
+    first = next((m for m in unwrap(model).modules() if isinstance(m, nn.Conv2d)), None)
     if first is not None and x.dim() == 4 and first.weight.is_contiguous(memory_format=torch.channels_last):
         return x.contiguous(memory_format=torch.channels_last)
     return x

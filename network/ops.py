@@ -1,9 +1,10 @@
-"""Resizing helpers with the reference's semantics (bilinear, explicit ``align_corners``)."""
+"""Resizing helpers with the reference's semantics (bilinear, explicit ``align_corners``); :func:`unwrap`."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size, align_corners: bool) -> torch.Tensor:
@@ -33,3 +34,13 @@ def resize_by(x: torch.Tensor, scale: float, align_corners: bool) -> torch.Tenso
 def scale_key(prefix: str, scale: float) -> str:
     """Output-dict key for one scale, e.g. ``scale_key("attn", 0.5) == "attn_0.5x"``."""
     return f"{prefix}_{scale:g}x"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DistributedDataParallel/DataParallel and
+    :class:`~network.inference.EagerFallback` wrappers."""
+    while True:
+        inner = model._modules.get("module", model._modules.get("eager"))
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner

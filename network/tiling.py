@@ -27,6 +27,8 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from network.ops import unwrap
+
 Outputs = dict[str, torch.Tensor]
 GB = 1024 ** 3
 
@@ -162,9 +164,7 @@ class MemoryPlan:
     def run(self, model: nn.Module, x: torch.Tensor, label: str = "image", *, kind: str = "image",
             fn: Callable[[torch.Tensor], Outputs] | None = None, net: nn.Module | None = None) -> Outputs:
         """``fn(x)`` (default ``model(x)``) whole when it fits the budget, else in windows."""
-        from network.inference import _unwrap
-
-        net = net or _unwrap(model)
+        net = net or unwrap(model)
         fn = fn or model
         channels = int(getattr(net, "num_classes", 1)) + 1
         bpp = self.bytes_per_pixel(fn, x, (id(net), x.dtype, x.device, kind))
@@ -191,9 +191,7 @@ class MemoryPlan:
         """Whether a batch of ``n`` at the largest scale fits whole (used to batch the flip)."""
         if self.budget is None:
             return True
-        from network.inference import _unwrap
-
-        net = _unwrap(model)
+        net = unwrap(model)
         top = max(scales or getattr(net, "eval_scales", None) or (1.0,))
         fn = self._scale_fn(net) if getattr(net, "multiscale", False) else net
         bpp = self.bytes_per_pixel(fn, x, (id(net), x.dtype, x.device, "scale"))

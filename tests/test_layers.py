@@ -31,10 +31,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 COMMANDS = frozenset(LAYERS[6])
 # commands that import another command's module (train.py --eval folder runs predict.py's machinery)
 COMMAND_IMPORTS = {("train", "predict")}
-# two-file circles still to break (issue 20); the list only shrinks
-KNOWN_CIRCLES = {
-    ("network.inference", "network.tiling"),
-}
 ROOMS = frozenset(room for layer in LAYERS for room in layer)
 RANK = {room: rank for rank, layer in enumerate(LAYERS) for room in layer}
 SKIP = {"tests", "logs", "data", "containers", "scripts", ".git", "docs"}
@@ -169,5 +165,4 @@ def test_no_two_file_circles() -> None:
     """Two files that import each other, even inside a function (a lazy import hiding a cycle)."""
     pairs = {(a, b) for a, b, _ in ARROWS}
     circles = {(a, b) for a, b in pairs if a < b and (b, a) in pairs and room(a) != a}  # not a package's __init__
-    assert circles >= KNOWN_CIRCLES, f"gone: drop from KNOWN_CIRCLES {KNOWN_CIRCLES - circles}"
-    assert circles == KNOWN_CIRCLES, f"two files import each other: {sorted(circles - KNOWN_CIRCLES)}"
+    assert not circles, f"two files import each other: {sorted(circles)}"
