@@ -18,7 +18,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from datasets.errors import DatasetError
+from utils.errors import is_disk_full, run_cli
 from utils.io import atomic_imwrite, atomic_write_text
+
+PROG = "python -m datasets.examples"
 
 CLASSES = (("background", (0, 0, 0)), ("building", (220, 40, 40)), ("road", (128, 128, 128)),
            ("tree", (30, 160, 60)), ("water", (40, 90, 220)))
@@ -123,16 +127,30 @@ def write_cvat_export(out: str | os.PathLike, num_train: int = 6, num_val: int =
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m datasets.examples", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n")[0])
     p.add_argument("kind", choices=("folder", "raster", "cvat"))
     p.add_argument("out", type=Path)
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write one example; a folder that cannot be written is the user's to fix (one line, exit 2)."""
     writers: dict[str, Callable[[Path], Path]] = {"folder": write_folder_dataset, "raster": write_raster_dataset,
                                                   "cvat": write_cvat_export}
-    writers[args.kind](args.out)
+    try:
+        writers[args.kind](args.out)
+    except OSError as e:
+        if is_disk_full(e):
+            raise
+        raise DatasetError(f"{args.out}: cannot write the example there ({e.strerror or e}): "
+                           "pass a writable directory") from e
     print(f"wrote a {args.kind} example to {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(PROG, lambda: run(build_parser().parse_args(argv)), argv or ())
 
 
 if __name__ == "__main__":

@@ -27,7 +27,11 @@ import cv2
 import numpy as np
 
 from datasets.cityscapes_labels import LABELS, NAME_TO_ID
+from datasets.errors import DatasetError
+from utils.errors import is_disk_full, run_cli
 from utils.io import atomic_imwrite, atomic_write_json
+
+PROG = "python -m datasets.synthetic"
 
 TRAIN_CITIES = ("aachen", "bochum", "bremen")
 VAL_CITIES = ("frankfurt",)
@@ -280,8 +284,6 @@ def ensure(root: str | os.PathLike | None = None, **options) -> Path:
     """Generate the dataset under ``root`` unless it is there; one process generates, others wait."""
     from filelock import FileLock
 
-    from datasets.errors import DatasetError
-
     root = Path(root) if root is not None else default_root()
     if is_complete(root):
         return root
@@ -304,20 +306,36 @@ def _parse_size(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--size wants HxW such as 128x256, got {text!r}") from e
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"synthetic images must be at least 32x32, got {h}x{w}")
     return h, w
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--root", required=True, type=Path, help="output directory")
     parser.add_argument("--num-train", type=int, default=24)
     parser.add_argument("--num-val", type=int, default=8)
     parser.add_argument("--size", type=_parse_size, default=(128, 256), help="HxW, e.g. 128x256")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    generate(args.root, num_train=args.num_train, num_val=args.num_val, size=args.size, seed=args.seed)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate; a root that cannot be written is the user's to fix (one line, exit 2)."""
+    try:
+        generate(args.root, num_train=args.num_train, num_val=args.num_val, size=args.size, seed=args.seed)
+    except OSError as e:
+        if is_disk_full(e):
+            raise
+        raise DatasetError(f"--root {args.root}: cannot write the dataset there ({e.strerror or e}): "
+                           "pass a writable directory") from e
     print(f"wrote {args.num_train} train + {args.num_val} val images of {args.size[0]}x{args.size[1]} to {args.root}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(PROG, lambda: run(build_parser().parse_args(argv)), argv or ())
 
 
 if __name__ == "__main__":

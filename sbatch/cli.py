@@ -26,14 +26,13 @@ from pathlib import Path
 from utils.errors import run_cli
 
 from . import launch, manifest
-from .expand import ExperimentError, Run, check_unique, expand_experiment
+from .expand import Run, check_unique, expand_experiment
 from .launch import LaunchError, Planned
 from .overrides import apply_overrides
-from .resources import ResourceError, farm_spec
-from .runxconf import REPO, ConfigFileError, Settings, load_settings, logroot_of, write_runx
+from .resources import farm_spec
+from .runxconf import REPO, Settings, load_settings, logroot_of, write_runx
 
 COMMANDS = ("status", "cancel", "resubmit", "init")
-ERRORS = (ExperimentError, ResourceError, ConfigFileError, LaunchError, manifest.ManifestError)
 
 
 def exp_parser() -> argparse.ArgumentParser:
@@ -270,8 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"status": main_status, "cancel": main_cancel, "resubmit": main_resubmit,
                 "init": main_init}
     if argv and argv[0] in handlers:
-        return run_cli("python -m sbatch", lambda: _lines(handlers[argv[0]], argv[1:]), argv, extra=ERRORS)
-    return run_cli("python -m sbatch", lambda: _lines(main_experiment, argv), argv, extra=ERRORS)
+        return run_cli("python -m sbatch", lambda: _lines(handlers[argv[0]], argv[1:]), argv)
+    return run_cli("python -m sbatch", lambda: _lines(main_experiment, argv), argv)
 
 
 def _lines(handler: Callable[[Sequence[str]], int], argv: Sequence[str]) -> int:

@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from utils.errors import UserError
+
 RESOURCE_KEYS = {"SUBMIT_JOB.NODES": "nodes", "SUBMIT_JOB.PARTITION": "partition"}
 _ENV_ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UserError, ValueError):
     """The experiment YAML cannot be expanded; the message names the key and the fix."""
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.errors import UserError
+
 from .expand import Run
 from .resources import FarmSpec, submitit_parameters
 from .task import RunTask, TaskSpec, same_python
@@ -38,7 +40,7 @@ def data_env() -> tuple[str, ...]:
     return (*root_env_vars(), "ASSETS_PATH", "DATA_ROOT")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """Preparing or submitting runs failed; the message names the run and the cause."""
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from utils.errors import UserError
+
 TERMINAL_OK = {"COMPLETED"}
 FAILED_STATES = {"FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                  "DEADLINE", "PREEMPTED"}
@@ -29,7 +31,7 @@ ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"
 METRIC_KEYS = ("mean_iu", "miou", "mIoU", "val/mean_iu", "best_miou")
 
 
-class ManifestError(RuntimeError):
+class ManifestError(UserError, RuntimeError):
     """No manifest, or Slurm's accounting cannot be read; the message says where it looked."""
 
 

@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from utils.errors import UserError
+
 _FLAG_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 _TIME = re.compile(r"^(\d+-)?\d+(:\d\d){0,2}$")
 CONTAINER_RUNTIMES = ("apptainer", "singularity")
 
 
-class ResourceError(ValueError):
+class ResourceError(UserError, ValueError):
     """A resource key or value is not usable; the message lists the valid choices."""
 
 

@@ -18,12 +18,14 @@ from typing import Any
 
 import yaml
 
+from utils.errors import UserError
+
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = Path(__file__).resolve().parent / "runx_template.yml"
 DEFAULT_IGNORE = ".git,*.pyc,docs*,test*"  # runx's default
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(UserError, ValueError):
     """No usable .runx / experiment file; the message says which file and how to fix it."""
 
 

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from utils.errors import run_cli
+
 from . import launch, manifest
-from .expand import ExperimentError, Run, check_name
+from .expand import Run, check_name
 from .resources import ResourceError, farm_spec
 
 
@@ -49,17 +51,13 @@ def parse_args(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
     return resources, fixed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        resources, fixed = parse_args(argv)
-        spec = farm_spec(resources, {"tasks_per_node": resources.get("tasks_per_node", 1)})
-        logdir = Path(fixed["logdir"]).parent
-        exp_dir = logdir.parent
-        check_name("experiment name", exp_dir.name, "rename the experiment")
-    except (ResourceError, ExperimentError) as e:
-        print(f"sbatch.submit_job: error: {e}", file=sys.stderr)
-        return 2
+def submit(argv: Sequence[str]) -> int:
+    """Submit the one run runx describes; bad words or resources raise sbatch's UserErrors."""
+    resources, fixed = parse_args(argv)
+    spec = farm_spec(resources, {"tasks_per_node": resources.get("tasks_per_node", 1)})
+    logdir = Path(fixed["logdir"]).parent
+    exp_dir = logdir.parent
+    check_name("experiment name", exp_dir.name, "rename the experiment")
     run = Run(exp_name=exp_dir.name, name=logdir.name, logdir=str(logdir), job_name=fixed["name"],
               hparams={}, argv=("/bin/sh", "-c", fixed["command"].strip()))
     planned = launch.Planned(run=run, spec=spec, logroot=str(exp_dir.parent))
@@ -69,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest.add_runs(exp_dir, [entry])
     launch.print_jobs([entry])
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("sbatch.submit_job", lambda: submit(argv), argv)
 
 
 if __name__ == "__main__":
