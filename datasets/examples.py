@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(PROG, lambda: run(build_parser().parse_args(argv)), argv or ())
+    argv = list(sys.argv[1:] if argv is None else argv)  # --debug: tracebacks too
+    return run_cli(PROG, lambda: run(build_parser().parse_args(argv)), argv)
 
 
 if __name__ == "__main__":
