@@ -165,3 +165,15 @@ def test_no_two_file_circles() -> None:
     pairs = {(a, b) for a, b, _ in ARROWS}
     circles = {(a, b) for a, b in pairs if a < b and (b, a) in pairs and room(a) != a}  # not a package's __init__
     assert not circles, f"two files import each other: {sorted(circles)}"
+
+
+def test_the_docs_draw_the_same_layers() -> None:
+    """docs/ARCHITECTURE.md's Layers table lists the rooms of LAYERS, layer by layer."""
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text().split("## Layers", 1)[1].split("\n## ", 1)[0]
+    drawn = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].isdigit():
+            drawn[int(cells[0])] = tuple(sorted(name.removesuffix("/").removesuffix(".py")
+                                                for name in cells[1].replace("`", "").split(", ")))
+    assert drawn == {rank: tuple(sorted(layer)) for rank, layer in enumerate(LAYERS)}
