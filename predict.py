@@ -789,8 +789,9 @@ def predict_folder(model: nn.Module, opts: PredictOptions, *, palette: np.ndarra
     settings = (settings or inference_settings(opts, model)).resolve(device)
     items, skipped = _start(opts, shard_, num_classes, settings, is_multiscale(model))
     summary = Summary(shard_, total=len(items) + skipped, skipped=skipped, max_fail_ratio=opts.max_fail_ratio)
+    threads = configure_threads()  # the CPUs allotted, not the machine's (utils/threads)
     print(f"predict: shard {shard_.index}/{shard_.count} ({shard_.source}): {summary.total} images, "
-          f"{skipped} already complete, {len(items)} to do", file=sys.stderr)
+          f"{skipped} already complete, {len(items)} to do; {threads.describe()}", file=sys.stderr)
     print(f"predict: inference: {settings.describe()}", file=sys.stderr)
     owner, started = Owner.this_process(), time.strftime("%Y-%m-%dT%H:%M:%S")
     report = PartReport(opts.result_dir, part_suffix(opts.subdirs, shard_.suffix), owner,
@@ -1008,7 +1009,6 @@ def _main(argv: Sequence[str]) -> int:
                                "is required (only --list_missing runs without a model)")
         check_options(opts)  # bad flag combinations are named before the model is built
         device = pick_device(args.device or "auto", int(os.environ.get("LOCAL_RANK", "0")))
-        print(f"predict: {configure_threads().describe()}", file=sys.stderr)  # the CPUs allotted (utils/threads)
         with _said_if_stopped("while loading the model, before any image"):
             model, info, validated = load_model(args.arch, args.snapshot, dataset=args.dataset,
                                                 num_classes=args.num_classes, trust=args.trust_checkpoint)

@@ -669,7 +669,6 @@ def eval_folder(cfg: Config) -> int:
     except KeyError as err:
         raise ConfigError(f"--arch: {err.args[0]}") from err
     device = pick_device(cfg.train.device)
-    print(f"[eval folder] {configure_threads().describe()}", flush=True)
     e = cfg.eval
     opts = predict.PredictOptions(
         eval_folder=str(e.eval_folder), result_dir=cfg.train.result_dir, subdirs=e.subdirs, shard=e.shard,
