@@ -75,7 +75,7 @@ pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 # shellcheck disable=SC2086  # TORCH_SPEC is a list of pip arguments
 pip_install $TORCH_SPEC
-pip_install ".[${EXTRAS:-test}]"
+if [[ -n "${EXTRAS:-}" ]]; then pip_install ".[$EXTRAS]"; else pip_install '.[test]'; fi  # test: all .ci/run calls
 # pip leaves a build/ folder behind for the metadata-only install
 rm -rf build hmsa_seg.egg-info
 # runx needs an absolute LOGROOT: write ./.runx (untracked) from sbatch/runx_template.yml
